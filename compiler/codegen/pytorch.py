@@ -1,0 +1,392 @@
+"""Codegen: IR graph -> a standalone, readable PyTorch module (jinja2 template + per-op lowerings).
+
+The generated file imports torch and nothing of nnspec. `__init__` builds the layers under the spec's
+names (standard state_dict names: `layer1.0.conv1.weight`); `forward` is one assignment per op with
+a shape comment and the spec line it came from. A variable name is reused once its previous value is
+dead, so chains read like hand-written code (`h = F.relu(h)`) and memory is freed early.
+Names from a spec are validated identifiers; every string is emitted with repr().
+"""
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from nnspec.compiler.ir import Graph, is_identifier
+from nnspec.compiler.ops import REGISTRY
+from nnspec.compiler.ops.registry import LowerCtx
+from nnspec.compiler.shapes import Sym, shape_str
+
+VERSION = "0.1.0"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+RESERVED = set(dir(builtins)) | set(keyword.kwlist) | {"self", "torch", "nn", "F", "math", "return_losses", "loss",
+                                                        "result"}
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
+                             trim_blocks=False, lstrip_blocks=False, undefined=jinja2.StrictUndefined,
+                             autoescape=False)
+    env.filters["pyrepr"] = repr
+    return env
+
+
+def class_name_for(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if not name or name[0].isdigit():
+        name = "Model_" + name
+    if keyword.iskeyword(name) or name in RESERVED:
+        name += "_"
+    return name
+
+
+def module_accessor(path: str) -> str:
+    out = "self"
+    for part in path.split("."):
+        if part.isdigit():
+            out += f"[{int(part)}]"
+        else:
+            assert is_identifier(part), part  # the elaborator validates every name
+            out += f".{part}"
+    return out
+
+
+# ------------------------------------------------------------------------------ __init__
+def init_lines(graph: Graph) -> list[str]:
+    """Build the module tree: containers (nn.Module / nn.ModuleList) then layers and parameters."""
+    tree: dict = {}
+    for path, info in graph.modules.items():
+        node = tree
+        parts = path.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise AssertionError(f"{path}: a layer is also used as a container")
+        node[parts[-1]] = info
+    lines: list[str] = []
+    _emit_container(tree, "self", lines)
+    return lines
+
+
+def _is_list(children: dict) -> bool:
+    keys = list(children)
+    return bool(keys) and all(k.isdigit() for k in keys) and sorted(int(k) for k in keys) == list(range(len(keys)))
+
+
+def _child_ref(prefix: str, key: str) -> str:
+    return f"{prefix}[{int(key)}]" if key.isdigit() else f"{prefix}.{key}"
+
+
+def _emit_container(children: dict, prefix: str, lines: list) -> None:
+    """Layers and containers in the order the spec created them."""
+    as_list = _is_list(children)
+    for key, child in children.items():
+        ref = _child_ref(prefix, key)
+        if not isinstance(child, dict):
+            if not as_list:
+                lines.append(f"{ref} = {child.ctor}")
+            continue
+        if _is_list(child):
+            items = [c.ctor if not isinstance(c, dict) else "nn.Module()"
+                     for _, c in sorted(child.items(), key=lambda kv: int(kv[0]))]
+            if all(not isinstance(c, dict) for c in child.values()) and sum(map(len, items)) <= 80:
+                lines.append(f"{ref} = nn.ModuleList([{', '.join(items)}])")
+            else:
+                lines.append(f"{ref} = nn.ModuleList([")
+                lines.extend(f"    {it}," for it in items)
+                lines.append("])")
+        elif not as_list:
+            lines.append(f"{ref} = nn.Module()")
+        _emit_container(child, ref, lines)
+
+
+# ------------------------------------------------------------------------------ forward
+class _Names:
+    """Variable names for values: reuse a name once its value is dead; never shadow builtins."""
+
+    def __init__(self, reserved=()):
+        self.live: dict[str, tuple] = {}       # name -> ref it holds
+        self.used: set[str] = set(reserved)
+
+    def fresh(self, base: str, remaining: dict, blocked=frozenset()) -> str:
+        base = re.sub(r"[^A-Za-z0-9_]", "_", base or "v")
+        if not base or base[0].isdigit():
+            base = "v_" + base
+        if base in RESERVED:
+            base = base + "_"
+        candidates = [base] + [f"{base}_{i}" for i in range(1, 10_000)]
+        for name in candidates:
+            if name in blocked:
+                continue
+            holder = self.live.get(name)
+            if holder is None and name not in self.used:
+                return name
+            if holder is not None and remaining.get(holder, 0) <= 0:
+                return name
+        raise AssertionError("ran out of names")
+
+
+class _Emitter:
+    def __init__(self, graph: Graph, names: _Names, device: str, dtype: str, indent: str = "", blocked=frozenset()):
+        self.blocked = set(blocked)   # names holding values of an enclosing scope that are still needed
+        self.graph = graph
+        self.names = names
+        self.device = device
+        self.dtype = dtype
+        self.indent = indent
+        self.expr: dict[tuple, str] = {}
+        self.lines: list[str] = []
+        self.remaining: dict[tuple, int] = {}
+        for node in graph.nodes.values():
+            for ref in node.inputs:
+                self.remaining[ref] = self.remaining.get(ref, 0) + 1
+        for ref in graph.result_refs():
+            self.remaining[ref] = self.remaining.get(ref, 0) + 1_000_000  # results stay alive
+
+    def bind(self, ref, expr: str) -> None:
+        self.expr[ref] = expr
+        self.names.live[expr] = ref
+
+    def comment(self, node) -> str:
+        types = ", ".join(_shape_comment(t) for t in node.outputs)
+        where = f"  {self.graph.source or ''}:{node.span.line}" if node.span else ""
+        src = node.span.file if node.span else ""
+        if node.span:
+            where = f"  {src}:{node.span.line}"
+        return f"  # {types}{where}"
+
+    def emit_node(self, nid: str) -> None:
+        node = self.graph.nodes[nid]
+        op = REGISTRY[node.op]
+        if node.op in ("input", "target"):
+            return
+        if node.op == "constant":
+            self.expr[(nid, 0)] = _literal(node.attrs["value"])
+            return
+        if node.op == "parameter":
+            self.expr[(nid, 0)] = module_accessor(node.module)
+            return
+        args = [self.expr[ref] for ref in node.inputs]
+        for ref in node.inputs:
+            self.remaining[ref] -= 1
+        if node.op == "scan":
+            self.emit_scan(node, args)
+            return
+        ctx = LowerCtx(module=module_accessor(node.module) if node.module else None,
+                       in_types=[self.graph.type_of(r) for r in node.inputs], out_types=node.outputs,
+                       device=self.device, dtype=self.dtype)
+        args = [_paren(a) if _needs_paren(node.op, a) else a for a in args]
+        text = op.lower(args, node.attrs, ctx)
+        base = node.label or node.op
+        if len(node.outputs) == 1:
+            name = self.names.fresh(base, self.remaining, self.blocked)
+            self.lines.append(f"{self.indent}{name} = {text}{self.comment(node)}")
+            self.bind((nid, 0), name)
+        else:
+            outs = []
+            for k in range(len(node.outputs)):
+                want = node.out_labels[k] if node.out_labels else f"{base}_{k}"
+                name = self.names.fresh(want, self.remaining, self.blocked)
+                self.names.live[name] = (nid, k)
+                outs.append(name)
+                self.expr[(nid, k)] = name
+            self.lines.append(f"{self.indent}{', '.join(outs)} = {text}{self.comment(node)}")
+
+    def emit_scan(self, node, args) -> None:
+        a = node.attrs
+        body: Graph = a["body"]
+        n = a["n_carries"]
+        has_xs = a["has_xs"]
+        xs = args[0] if has_xs else None
+        inits = args[1:] if has_xs else args
+        ind = self.indent
+        cell = node.path[-1] if node.path else "cell"
+        carry_names = []
+        body_inputs = body.inputs
+        in_x = body_inputs[0] if has_xs else None
+        carry_inputs = body_inputs[1:] if has_xs else body_inputs
+        for k, (init, cin) in enumerate(zip(inits, carry_inputs)):
+            label = body.nodes[cin].label
+            name = self.names.fresh(label if label != f"carry{k}" else f"state{k}", self.remaining)
+            self.names.used.add(name)
+            carry_names.append(name)
+            self.lines.append(f"{ind}{name} = {init}")
+        outs_name = self.names.fresh(f"{cell}_outputs", self.remaining)
+        self.names.used.add(outs_name)
+        if has_xs:
+            length = f"{xs}.shape[{a['axis']}]"
+        else:
+            length = str(a["steps"])
+        order = f"reversed(range({length}))" if a["reverse"] else f"range({length})"
+        self.lines.append(f"{ind}{outs_name} = []")
+        step = self.names.fresh("t", {}) if "t" not in self.names.used else self.names.fresh("step", {})
+        self.names.used.add(step)
+        self.lines.append(f"{ind}for {step} in {order}:  # scan {cell} over {'dim ' + str(a['axis']) if has_xs else str(a['steps']) + ' steps'}"
+                          + (f"  {node.span.file}:{node.span.line}" if node.span else ""))
+        still_needed = {n for n, ref in self.names.live.items() if self.remaining.get(ref, 0) > 0}
+        inner = _Emitter(body, self.names, self.device, self.dtype, ind + "    ",
+                         blocked=still_needed | self.blocked | set(carry_names))
+        if has_xs:
+            x_t = self.names.fresh("x_t", {})
+            self.names.used.add(x_t)
+            key = ", ".join([":"] * a["axis"] + [step])
+            inner.lines.append(f"{ind}    {x_t} = {xs}[{key}]  # {_shape_comment(body.nodes[in_x].outputs[0])}")
+            inner.bind((in_x, 0), x_t)
+        for cin, cname in zip(carry_inputs, carry_names):
+            inner.bind((cin, 0), cname)
+        for nid in body.topo_order():
+            inner.emit_node(nid)
+        new_vals = [inner.expr[body.outputs[f"carry{k}"]] for k in range(n)]
+        y = inner.expr[body.outputs["y"]]
+        self.lines.extend(inner.lines)
+        self.lines.append(f"{ind}    {outs_name}.append({y})")
+        changed = [(c, v) for c, v in zip(carry_names, new_vals) if c != v]
+        if changed:
+            self.lines.append(f"{ind}    {', '.join(c for c, _ in changed)} = {', '.join(v for _, v in changed)}")
+        if a["reverse"]:
+            self.lines.append(f"{ind}{outs_name}.reverse()")
+        ys = self.names.fresh(node.label or f"{cell}_ys", self.remaining)
+        where = f"  {node.span.file}:{node.span.line}" if node.span else ""
+        self.lines.append(f"{ind}{ys} = torch.stack({outs_name}, dim={a['axis']})  # {_shape_comment(node.outputs[0])}{where}")
+        self.bind((node.id, 0), ys)
+        for k, cname in enumerate(carry_names):
+            self.expr[(node.id, k + 1)] = cname
+            self.names.live[cname] = (node.id, k + 1)
+
+
+def _shape_comment(t) -> str:
+    inner = ", ".join(str(d) for d in t.shape)
+    if len(t.shape) == 1:
+        inner += ","
+    return f"({inner})" + ("" if t.dtype == "f32" else f" {t.dtype}")
+
+
+def _literal(v) -> str:
+    if isinstance(v, float):
+        if v == float("inf"):
+            return "math.inf"
+        if v == float("-inf"):
+            return "-math.inf"
+        if v != v:
+            return "math.nan"
+    return repr(v)
+
+
+_SIMPLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*$|^-?[0-9.e+-]+$")
+
+
+def _needs_paren(op: str, arg: str) -> bool:
+    if op not in ("add", "sub", "mul", "div", "pow", "matmul", "neg", "eq", "ne", "lt", "le", "gt", "ge",
+                  "logical_and", "logical_or", "getitem", "reshape", "permute", "transpose", "squeeze", "unsqueeze",
+                  "expand", "repeat", "select", "stop_gradient", "masked_fill"):
+        return False
+    return not _SIMPLE.match(arg) or arg.startswith("-")
+
+
+def _paren(a: str) -> str:
+    return f"({a})"
+
+
+def _used_symbols(graph: Graph) -> set[str]:
+    syms: set[str] = set()
+
+    def walk(v):
+        if isinstance(v, Sym):
+            syms.update(s for s in v.symbols() if re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", s))
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+
+    for node in graph.nodes.values():
+        for k, v in node.attrs.items():
+            if k == "length":
+                continue  # a scan's length is read off its sequence at run time
+            if isinstance(v, Graph):
+                syms |= _used_symbols(v)
+            else:
+                walk(v)
+    return syms
+
+
+def generate(graph: Graph, class_name: str | None = None) -> str:
+    """Python source of a standalone nn.Module for the graph."""
+    class_name = class_name or class_name_for(graph.name)
+    arg_names = [graph.nodes[i].attrs["name"] for i in graph.inputs]
+    target_names = [graph.nodes[i].attrs["name"] for i in graph.targets]
+    names = _Names(reserved=set(arg_names) | set(target_names))
+    first_float = next((graph.nodes[i] for i in graph.inputs if graph.nodes[i].outputs[0].is_float), None)
+    ref_input = first_float or (graph.nodes[graph.inputs[0]] if graph.inputs else None)
+    device = f"{ref_input.attrs['name']}.device" if ref_input is not None else "None"
+    dtype = f"{first_float.attrs['name']}.dtype" if first_float is not None else "torch.get_default_dtype()"
+    em = _Emitter(graph, names, device, dtype, indent="")
+    for nid in graph.inputs + graph.targets:
+        name = graph.nodes[nid].attrs["name"]
+        em.bind((nid, 0), name)
+    lines: list[str] = []
+    for sym in sorted(_used_symbols(graph)):
+        if sym in graph.symbols:
+            src, axis = graph.symbols[sym]
+            lines.append(f"{sym} = {graph.nodes[src].attrs['name']}.shape[{axis}]")
+            names.used.add(sym)
+    # nodes the outputs need come first; the rest (losses, metrics) run only when asked for
+    import networkx as nx
+    needed: set[str] = set()
+    for ref in graph.outputs.values():
+        needed.add(ref[0])
+        needed |= nx.ancestors(graph.nx, ref[0])
+    order = graph.topo_order()
+    for nid in order:
+        if nid in needed:
+            em.emit_node(nid)
+    lines += em.lines
+    em.lines = []
+    out_exprs = [em.expr[ref] for ref in graph.outputs.values()]
+    has_losses = bool(graph.losses or graph.metrics)
+    if graph.outputs:
+        ret = out_exprs[0] if len(out_exprs) == 1 else "(" + ", ".join(out_exprs) + ")"
+        if has_losses:
+            cond = " and ".join(["not return_losses"] + [f"{t} is None" for t in target_names])
+            lines.append(f"if {cond}:")
+            lines.append(f"    return {ret}")
+        else:
+            lines.append(f"return {ret}")
+    if has_losses:
+        for t in target_names:
+            lines.append(f"if {t} is None:")
+            lines.append(f"    raise ValueError({('the losses need the target ' + t)!r})")
+        for nid in order:
+            if nid not in needed:
+                em.emit_node(nid)
+        lines += em.lines
+        loss_exprs = [em.expr[ref] for ref in graph.losses.values()]
+        items = [f"{k!r}: {em.expr[r]}" for k, r in graph.outputs.items()]
+        items += [f"{k!r}: {em.expr[r]}" for k, r in list(graph.losses.items()) + list(graph.metrics.items())]
+        if loss_exprs:
+            items.append(f"'loss': {' + '.join(loss_exprs)}")
+        lines.append("return {" + ", ".join(items) + "}")
+    params = []
+    for name, typ in getattr(graph, "param_decls", []):
+        params.append({"name": name, "default": graph.params[name]})
+    rows = lambda ids: [f"{graph.nodes[i].attrs['name']}: {graph.nodes[i].outputs[0]}" for i in ids]  # noqa: E731
+    doc = (graph.doc or "").strip().splitlines()
+    return _env().get_template("module.py.jinja").render(
+        version=VERSION, source=graph.source or "<spec>", model=graph.name, class_name=class_name,
+        doc_title=_doc_safe(doc[0] if doc else f"{graph.name}, compiled by nnspec."),
+        doc_body=_doc_safe("\n".join(doc[1:]).strip()),
+        input_rows=rows(graph.inputs), target_rows=rows(graph.targets),
+        output_rows=[f"{k}: {graph.type_of(r)}" for k, r in graph.outputs.items()],
+        loss_rows=[f"{k}: {graph.type_of(r)}" for k, r in graph.losses.items()],
+        param_count=graph.param_count(), spec_params=dict(graph.params), params=params,
+        init_lines=init_lines(graph), arg_names=arg_names, target_names=target_names,
+        forward_lines=lines, scan_functions=[],
+    )
+
+
+def _doc_safe(text: str) -> str:
+    """Text placed inside a generated docstring: no way to close it or escape from it."""
+    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')

@@ -1,0 +1,398 @@
+"""Layers: linear, convolutions, pooling, upsampling, normalisation, dropout, embedding, PReLU.
+
+Layers with weights lower to the standard torch.nn module (nn.Linear, nn.Conv2d, ...) so that the
+generated module's state_dict uses the usual names and exchanges weights with ordinary PyTorch code.
+Input features/channels are inferred from the input shape: `linear(128)` needs no in-features.
+"""
+from __future__ import annotations
+
+from nnspec.compiler.ir import ParamSpec
+from nnspec.compiler.ops.common import float_input
+from nnspec.compiler.ops.registry import Attr, kwargs_text, register
+from nnspec.compiler.shapes import TensorType, conv_out, is_concrete, numel, shape_str
+
+
+def _call(i, a, c):
+    return f"{c.module}({i[0]})"
+
+
+def _concrete_feature(ctx, t: TensorType, axis: int, what: str):
+    d = t.shape[axis]
+    if not is_concrete(d):
+        ctx.fail("E0307", f"{ctx.op.name} needs a known number of {what}, but the input has `{d}` there",
+                 found=shape_str(t.shape), expected=f"a concrete size at dimension {axis}",
+                 hint="give the input a concrete size in that dimension")
+    return d
+
+
+# ---------------------------------------------------------------------------------- linear
+def _linear_shape(ctx, ins, a):
+    t = float_input(ctx, ins, a)
+    if t.rank < 1:
+        ctx.check_rank(t, (1, 2, 3, 4))
+    _concrete_feature(ctx, t, -1, "input features")
+    return t.with_shape(t.shape[:-1] + (a["out_features"],))
+
+
+register("linear", inputs=("x",),
+         attrs=(Attr("out_features", "int"), Attr("bias", "bool", True)),
+         shape=_linear_shape, lower=_call,
+         params=lambda ins, a: [ParamSpec("weight", (a["out_features"], ins[0].shape[-1]), "kaiming_uniform")]
+         + ([ParamSpec("bias", (a["out_features"],), "fan_in_uniform")] if a["bias"] else []),
+         module=lambda ins, a: f"nn.Linear({ins[0].shape[-1]}, {a['out_features']}"
+                               + (", bias=False)" if not a["bias"] else ")"),
+         macs=lambda ins, outs, a: numel(outs[0].shape) * ins[0].shape[-1],
+         category="layer", doc="y = x W^T + b; in_features inferred from the last input dimension")
+
+
+# ---------------------------------------------------------------------------------- convolutions
+def _tuple(v, n):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def _conv_shape(n):
+    def rule(ctx, ins, a):
+        t = float_input(ctx, ins, a)
+        ctx.check_rank(t, (n + 1, n + 2))
+        cin = _concrete_feature(ctx, t, -(n + 1), "input channels")
+        k, s, d = _tuple(a["kernel"], n), _tuple(a["stride"], n), _tuple(a["dilation"], n)
+        for name, v in (("kernel", k), ("stride", s), ("dilation", d)):
+            if len(v) != n or any(x < 1 for x in v):
+                ctx.fail("E0401", f"attribute `{name}` of {ctx.op.name} must be a positive int or {n} of them",
+                         found=repr(a[name]), expected=f"int or list of {n} positive ints")
+        if cin % a["groups"] or a["out_channels"] % a["groups"]:
+            ctx.fail("E0308", f"{ctx.op.name}: channels must divide by groups={a['groups']}",
+                     found=f"in {cin}, out {a['out_channels']}", expected=f"multiples of {a['groups']}")
+        p = a["padding"]
+        spatial = t.shape[-n:]
+        out = []
+        for i in range(n):
+            if p == "same":
+                if s[i] != 1:
+                    ctx.fail("E0401", f"padding='same' needs stride 1 in {ctx.op.name}", found=f"stride={a['stride']}")
+                out.append(spatial[i])
+                continue
+            pi = 0 if p == "valid" else _tuple(p, n)[i]
+            o = conv_out(spatial[i], k[i], s[i], pi, d[i])
+            if is_concrete(o) and o < 1:
+                ctx.fail("E0309", f"{ctx.op.name}: kernel {k[i]} (dilation {d[i]}) does not fit in input size "
+                         f"{spatial[i]} with padding {pi}", found=f"input {shape_str(t.shape)}",
+                         expected=f"spatial size >= {d[i] * (k[i] - 1) + 1 - 2 * pi}",
+                         hint="the input is too small here: check the pooling and stride before this layer")
+            out.append(o)
+        return t.with_shape(t.shape[:-(n + 1)] + (a["out_channels"],) + tuple(out))
+    return rule
+
+
+def _conv_params(n):
+    def params(ins, a):
+        cin = ins[0].shape[-(n + 1)]
+        k = _tuple(a["kernel"], n)
+        ps = [ParamSpec("weight", (a["out_channels"], cin // a["groups"]) + k, "kaiming_uniform")]
+        if a["bias"]:
+            ps.append(ParamSpec("bias", (a["out_channels"],), "fan_in_uniform"))
+        return ps
+    return params
+
+
+def _conv_ctor(n, cls):
+    def ctor(ins, a):
+        cin = ins[0].shape[-(n + 1)]
+        k = a["kernel"]
+        extra = kwargs_text(OPS[cls], a, ("stride", "padding", "dilation", "groups", "bias", "padding_mode"))
+        return f"nn.{cls}({cin}, {a['out_channels']}, {k!r}{', ' + extra if extra else ''})"
+    return ctor
+
+
+def _conv_macs(n):
+    def macs(ins, outs, a):
+        cin = ins[0].shape[-(n + 1)]
+        k = 1
+        for v in _tuple(a["kernel"], n):
+            k *= v
+        return numel(outs[0].shape) * (cin // a["groups"]) * k
+    return macs
+
+
+OPS: dict = {}
+_CONV_ATTRS = (Attr("out_channels", "int"), Attr("kernel", "int_or_ints"), Attr("stride", "int_or_ints", 1),
+               Attr("padding", "int_or_ints", 0, choices=("same", "valid")), Attr("dilation", "int_or_ints", 1),
+               Attr("groups", "int", 1), Attr("bias", "bool", True),
+               Attr("padding_mode", "str", "zeros", ("zeros", "reflect", "replicate", "circular")))
+for _n, _cls in ((1, "Conv1d"), (2, "Conv2d"), (3, "Conv3d")):
+    OPS[_cls] = register(f"conv{_n}d", inputs=("x",), attrs=_CONV_ATTRS, shape=_conv_shape(_n), lower=_call,
+                         params=_conv_params(_n), module=_conv_ctor(_n, _cls), macs=_conv_macs(_n),
+                         category="layer", doc=f"{_n}-d convolution; in_channels inferred from the input")
+
+
+def _convt_shape(ctx, ins, a):
+    t = float_input(ctx, ins, a)
+    ctx.check_rank(t, (3, 4))
+    _concrete_feature(ctx, t, -3, "input channels")
+    k, s, p = _tuple(a["kernel"], 2), _tuple(a["stride"], 2), _tuple(a["padding"], 2)
+    op_, d = _tuple(a["output_padding"], 2), _tuple(a["dilation"], 2)
+    out = tuple((t.shape[-2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + op_[i] + 1 for i in range(2))
+    return t.with_shape(t.shape[:-3] + (a["out_channels"],) + out)
+
+
+OPS["ConvTranspose2d"] = register(
+    "conv_transpose2d", inputs=("x",),
+    attrs=(Attr("out_channels", "int"), Attr("kernel", "int_or_ints"), Attr("stride", "int_or_ints", 1),
+           Attr("padding", "int_or_ints", 0), Attr("output_padding", "int_or_ints", 0), Attr("groups", "int", 1),
+           Attr("bias", "bool", True), Attr("dilation", "int_or_ints", 1)),
+    shape=_convt_shape, lower=_call,
+    params=lambda ins, a: [ParamSpec("weight", (ins[0].shape[-3], a["out_channels"] // a["groups"]) + _tuple(a["kernel"], 2),
+                                     "kaiming_uniform")] + ([ParamSpec("bias", (a["out_channels"],), "fan_in_uniform")] if a["bias"] else []),
+    module=lambda ins, a: f"nn.ConvTranspose2d({ins[0].shape[-3]}, {a['out_channels']}, {a['kernel']!r}"
+                          + (", " + kwargs_text(OPS["ConvTranspose2d"], a, ("stride", "padding", "output_padding", "groups", "bias", "dilation"))
+                             if kwargs_text(OPS["ConvTranspose2d"], a, ("stride", "padding", "output_padding", "groups", "bias", "dilation")) else "") + ")",
+    macs=lambda ins, outs, a: numel(ins[0].shape) * (a["out_channels"] // a["groups"]) * _tuple(a["kernel"], 2)[0] * _tuple(a["kernel"], 2)[1],
+    category="layer", doc="2-d transposed convolution (fractionally strided)")
+
+
+# ---------------------------------------------------------------------------------- pooling
+def _pool_shape(n):
+    def rule(ctx, ins, a):
+        t = ins[0]
+        ctx.check_rank(t, (n + 1, n + 2))
+        k = _tuple(a["kernel"], n)
+        s = _tuple(a["stride"] if a["stride"] is not None else a["kernel"], n)
+        p = _tuple(a["padding"], n)
+        d = _tuple(a.get("dilation", 1), n)
+        out = []
+        for i in range(n):
+            size = t.shape[-n + i]
+            if is_concrete(size) and a.get("ceil_mode"):
+                o = -(-(size + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i]) + 1
+                if (o - 1) * s[i] >= size + p[i]:
+                    o -= 1
+            else:
+                o = conv_out(size, k[i], s[i], p[i], d[i])
+            if is_concrete(o) and o < 1:
+                ctx.fail("E0309", f"{ctx.op.name}: window {k[i]} does not fit in input size {size}",
+                         found=f"input {shape_str(t.shape)}", expected=f"spatial size >= {k[i] - 2 * p[i]}")
+            out.append(o)
+        return t.with_shape(t.shape[:-n] + tuple(out))
+    return rule
+
+
+def _pool_lower(fn, names):
+    def lower(i, a, c):
+        args = [i[0], repr(a["kernel"])]
+        if a["stride"] is not None and a["stride"] != a["kernel"]:
+            args.append(f"stride={a['stride']!r}")
+        for n in names:
+            attr = POOL_DEFAULTS.get(n)
+            if a[n] != attr:
+                args.append(f"{n}={a[n]!r}")
+        return f"{fn}({', '.join(args)})"
+    return lower
+
+
+POOL_DEFAULTS = {"padding": 0, "dilation": 1, "ceil_mode": False, "count_include_pad": True}
+for _n in (1, 2):
+    register(f"max_pool{_n}d", inputs=("x",),
+             attrs=(Attr("kernel", "int_or_ints"), Attr("stride", "any", None), Attr("padding", "int_or_ints", 0),
+                    Attr("dilation", "int_or_ints", 1), Attr("ceil_mode", "bool", False)),
+             shape=_pool_shape(_n), lower=_pool_lower(f"F.max_pool{_n}d", ("padding", "dilation", "ceil_mode")),
+             kind="opaque", category="pooling", doc="maximum over each window (stride defaults to the kernel)")
+    register(f"avg_pool{_n}d", inputs=("x",),
+             attrs=(Attr("kernel", "int_or_ints"), Attr("stride", "any", None), Attr("padding", "int_or_ints", 0),
+                    Attr("ceil_mode", "bool", False), Attr("count_include_pad", "bool", True)),
+             shape=_pool_shape(_n), lower=_pool_lower(f"F.avg_pool{_n}d", ("padding", "ceil_mode", "count_include_pad")),
+             kind="opaque", category="pooling", doc="mean over each window (stride defaults to the kernel)")
+
+
+def _adaptive_shape(n):
+    def rule(ctx, ins, a):
+        t = ins[0]
+        ctx.check_rank(t, (n + 1, n + 2))
+        return t.with_shape(t.shape[:-n] + _tuple(a["output_size"], n))
+    return rule
+
+
+for _n in (1, 2):
+    for _kind in ("avg", "max"):
+        register(f"adaptive_{_kind}_pool{_n}d", inputs=("x",), attrs=(Attr("output_size", "int_or_ints"),),
+                 shape=_adaptive_shape(_n),
+                 lower=lambda i, a, c, _f=f"F.adaptive_{_kind}_pool{_n}d": f"{_f}({i[0]}, {a['output_size']!r})",
+                 category="pooling", doc=f"adaptive {_kind} pooling to a fixed output size")
+
+
+def _upsample_shape(ctx, ins, a):
+    t = float_input(ctx, ins, a)
+    if t.rank < 3:
+        ctx.check_rank(t, (3, 4, 5))
+    n = t.rank - 2
+    if a["size"] is not None:
+        return t.with_shape(t.shape[:2] + _tuple(a["size"], n))
+    if a["scale_factor"] is None:
+        ctx.fail("E0407", "upsample needs `scale_factor` or `size`", expected="upsample(scale_factor=2)")
+    sf = a["scale_factor"]
+    if int(sf) != sf:
+        ctx.fail("E0401", "upsample's scale_factor must be a whole number here", found=repr(sf))
+    return t.with_shape(t.shape[:2] + tuple(d * int(sf) for d in t.shape[2:]))
+
+
+register("upsample", inputs=("x",),
+         attrs=(Attr("scale_factor", "float_or_none", None), Attr("mode", "str", "nearest", ("nearest", "bilinear", "bicubic", "linear")),
+                Attr("size", "any", None), Attr("align_corners", "any", None)),
+         shape=_upsample_shape,
+         lower=lambda i, a, c: "F.interpolate(" + ", ".join(
+             [i[0]] + ([f"size={a['size']!r}"] if a["size"] is not None else [f"scale_factor={a['scale_factor']!r}"])
+             + ([f"mode={a['mode']!r}"] if a["mode"] != "nearest" else [])
+             + ([f"align_corners={a['align_corners']!r}"] if a["align_corners"] is not None else [])) + ")",
+         category="pooling", doc="nearest or (bi)linear upsampling")
+
+
+# ---------------------------------------------------------------------------------- normalisation
+def _bn_shape(ctx, ins, a):
+    t = float_input(ctx, ins, a)
+    ctx.check_rank(t, (2, 3, 4, 5))
+    _concrete_feature(ctx, t, 1, "channels")
+    return t
+
+
+def _bn_ctor(ins, a):
+    rank = ins[0].rank
+    cls = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}[rank]
+    extra = kwargs_text(REGISTRY_BN, a, ("eps", "momentum", "affine"))
+    return f"nn.{cls}({ins[0].shape[1]}{', ' + extra if extra else ''})"
+
+
+def _bn_params(ins, a):
+    c = ins[0].shape[1]
+    ps = [ParamSpec("weight", (c,), "ones"), ParamSpec("bias", (c,), "zeros")] if a["affine"] else []
+    return ps + [ParamSpec("running_mean", (c,), "buffer", False), ParamSpec("running_var", (c,), "buffer", False),
+                 ParamSpec("num_batches_tracked", (), "buffer", False)]
+
+
+REGISTRY_BN = register("batch_norm", inputs=("x",),
+                       attrs=(Attr("eps", "float", 1e-5), Attr("momentum", "float", 0.1), Attr("affine", "bool", True)),
+                       shape=_bn_shape, lower=_call, params=_bn_params, module=_bn_ctor, train_dependent=True,
+                       macs=lambda ins, outs, a: numel(outs[0].shape) * 0,
+                       category="normalization", doc="batch normalisation over dimension 1 (channels)")
+
+
+def _ln_shape(ctx, ins, a):
+    t = float_input(ctx, ins, a)
+    n = a["dims"]
+    if not 1 <= n <= t.rank:
+        ctx.fail("E0304", f"layer_norm over the last {n} dims of a rank-{t.rank} tensor", found=str(n),
+                 expected=f"1..{t.rank}")
+    for k in range(1, n + 1):
+        _concrete_feature(ctx, t, -k, "features")
+    return t
+
+
+def _ln_norm_shape(ins, a):
+    return tuple(ins[0].shape[-a["dims"]:])
+
+
+def _ln_ctor(ins, a):
+    shape = _ln_norm_shape(ins, a)
+    arg = str(shape[0]) if len(shape) == 1 else repr(shape)
+    extra = kwargs_text(REGISTRY_LN, a, ("eps", "elementwise_affine", "bias"))
+    return f"nn.LayerNorm({arg}{', ' + extra if extra else ''})"
+
+
+REGISTRY_LN = register("layer_norm", inputs=("x",),
+                       attrs=(Attr("dims", "int", 1), Attr("eps", "float", 1e-5), Attr("elementwise_affine", "bool", True),
+                              Attr("bias", "bool", True)),
+                       shape=_ln_shape, lower=_call,
+                       params=lambda ins, a: ([ParamSpec("weight", _ln_norm_shape(ins, a), "ones")] if a["elementwise_affine"] else [])
+                       + ([ParamSpec("bias", _ln_norm_shape(ins, a), "zeros")] if a["elementwise_affine"] and a["bias"] else []),
+                       module=_ln_ctor, kind="reduction",
+                       category="normalization", doc="normalise over the last `dims` dimensions")
+
+
+def _in_ctor(ins, a):
+    cls = {3: "InstanceNorm1d", 4: "InstanceNorm2d", 5: "InstanceNorm3d"}[ins[0].rank]
+    extra = kwargs_text(REGISTRY_IN, a, ("eps", "affine", "track_running_stats"))
+    return f"nn.{cls}({ins[0].shape[1]}{', ' + extra if extra else ''})"
+
+
+def _in_shape(ctx, ins, a):
+    t = float_input(ctx, ins, a)
+    ctx.check_rank(t, (3, 4, 5))
+    _concrete_feature(ctx, t, 1, "channels")
+    return t
+
+
+REGISTRY_IN = register("instance_norm", inputs=("x",),
+                       attrs=(Attr("eps", "float", 1e-5), Attr("affine", "bool", False), Attr("track_running_stats", "bool", False)),
+                       shape=_in_shape, lower=_call, module=_in_ctor, train_dependent=True,
+                       params=lambda ins, a: ([ParamSpec("weight", (ins[0].shape[1],), "ones"), ParamSpec("bias", (ins[0].shape[1],), "zeros")]
+                                              if a["affine"] else []),
+                       category="normalization", doc="normalise each sample's channel over its spatial positions")
+
+
+def _gn_shape(ctx, ins, a):
+    t = float_input(ctx, ins, a)
+    if t.rank < 2:
+        ctx.check_rank(t, (2, 3, 4, 5))
+    c = _concrete_feature(ctx, t, 1, "channels")
+    if c % a["groups"]:
+        ctx.fail("E0308", f"group_norm: {c} channels do not divide into {a['groups']} groups",
+                 found=str(c), expected=f"a multiple of {a['groups']}")
+    return t
+
+
+REGISTRY_GN = register("group_norm", inputs=("x",),
+                       attrs=(Attr("groups", "int"), Attr("eps", "float", 1e-5), Attr("affine", "bool", True)),
+                       shape=_gn_shape, lower=_call,
+                       module=lambda ins, a: f"nn.GroupNorm({a['groups']}, {ins[0].shape[1]}"
+                       + ("".join(f", {k}={a[k]!r}" for k, d in (("eps", 1e-5), ("affine", True)) if a[k] != d)) + ")",
+                       params=lambda ins, a: ([ParamSpec("weight", (ins[0].shape[1],), "ones"), ParamSpec("bias", (ins[0].shape[1],), "zeros")]
+                                              if a["affine"] else []),
+                       category="normalization", doc="normalise over groups of channels")
+
+
+# ---------------------------------------------------------------------------------- dropout, embedding, prelu
+for _name, _fn, _rank in (("dropout", "F.dropout", None), ("dropout2d", "F.dropout2d", (3, 4)),
+                          ("alpha_dropout", "F.alpha_dropout", None)):
+    def _drop_shape(ctx, ins, a, _rank=_rank):
+        if not 0.0 <= a["p"] <= 1.0:
+            ctx.fail("E0401", f"{ctx.op.name} probability must be in [0, 1]", found=repr(a["p"]), expected="0 <= p <= 1")
+        if _rank:
+            ctx.check_rank(ins[0], _rank)
+        return float_input(ctx, ins, a)
+
+    register(_name, inputs=("x",), attrs=(Attr("p", "float", 0.5),), shape=_drop_shape,
+             lower=lambda i, a, c, _fn=_fn: f"{_fn}({i[0]}, p={a['p']!r}, training={c.training})",
+             kind="elementwise", random=True, train_dependent=True, category="regularization",
+             doc="zero each element with probability p in training and scale the rest by 1/(1-p); identity in eval")
+
+
+def _emb_shape(ctx, ins, a):
+    t = ins[0]
+    if t.dtype not in ("i32", "i64"):
+        ctx.fail("E0305", f"embedding takes integer ids, found {t.dtype}", found=str(t), expected="an i64 tensor of ids")
+    return TensorType("f32", t.shape + (a["dim"],))
+
+
+register("embedding", inputs=("ids",),
+         attrs=(Attr("num", "int"), Attr("dim", "int"), Attr("padding_idx", "int_or_none", None)),
+         shape=_emb_shape, lower=_call, nondiff_inputs=(0,),
+         params=lambda ins, a: [ParamSpec("weight", (a["num"], a["dim"]), "normal")],
+         module=lambda ins, a: f"nn.Embedding({a['num']}, {a['dim']}"
+                               + (f", padding_idx={a['padding_idx']}" if a["padding_idx"] is not None else "") + ")",
+         category="layer", doc="lookup table: row ids -> vectors")
+
+
+def _prelu_shape(ctx, ins, a):
+    t = float_input(ctx, ins, a)
+    if a["num_parameters"] != 1:
+        if t.rank < 2 or t.shape[1] != a["num_parameters"]:
+            ctx.fail("E0301", f"shape mismatch in prelu: num_parameters={a['num_parameters']} must equal the channels",
+                     found=shape_str(t.shape), expected=f"dimension 1 of size {a['num_parameters']}")
+    return t
+
+
+register("prelu", inputs=("x",), attrs=(Attr("num_parameters", "int", 1), Attr("init", "float", 0.25)),
+         shape=_prelu_shape, lower=_call, kind="broadcast",
+         params=lambda ins, a: [ParamSpec("weight", (a["num_parameters"],), ("constant", a["init"]))],
+         module=lambda ins, a: "nn.PReLU(" + ", ".join(
+             ([f"{a['num_parameters']}"] if a["num_parameters"] != 1 or a["init"] != 0.25 else [])
+             + ([f"init={a['init']!r}"] if a["init"] != 0.25 else [])) + ")",
+         category="activation", doc="x if x >= 0 else a * x, with a learned")

@@ -1,0 +1,157 @@
+"""Reading spec files: text or YAML by extension, imports resolved, built-in specs by name.
+
+`load(path_or_name)` returns a `Program`: the root module, every imported module, and one namespace
+of blocks. Imports are resolved relative to the importing file, then to the built-in `specs/` folder
+(so `import "std/blocks.nn"` works anywhere). Import cycles and missing files are SpecErrors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnspec.dsl import ast
+from nnspec.errors import SourceCache, Span, SpecError, suggest
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+SPECS_DIR = PACKAGE_DIR / "specs"
+SPEC_SUFFIXES = (".nn", ".yaml", ".yml")
+
+
+@dataclass
+class Program:
+    root: ast.Module
+    modules: dict[str, ast.Module] = field(default_factory=dict)
+    blocks: dict[str, ast.BlockDef] = field(default_factory=dict)
+    sources: SourceCache = field(default_factory=SourceCache)
+    path: str = "<spec>"
+
+    @property
+    def models(self) -> list[ast.ModelDef]:
+        return self.root.models
+
+
+def builtin_specs() -> dict[str, Path]:
+    """Built-in spec names (file stem) -> path, for `nnspec summary resnet18`."""
+    out = {}
+    for p in sorted(SPECS_DIR.glob("*")):
+        if p.suffix in SPEC_SUFFIXES:
+            out.setdefault(p.stem, p)
+    return out
+
+
+def resolve_spec(ref: str) -> Path:
+    """A path, or the name of a built-in spec."""
+    p = Path(ref)
+    if p.exists():
+        if p.is_dir():
+            raise SpecError("E0601", f"{ref} is a folder, not a spec file", None)
+        return p
+    if p.suffix == "" and "/" not in ref:
+        specs = builtin_specs()
+        if ref in specs:
+            return specs[ref]
+        hint = suggest(ref, specs)
+        raise SpecError("E0601", f"no spec file or built-in spec named `{ref}`", None,
+                        hint=hint or "run `nnspec list` to see the built-in specs")
+    raise SpecError("E0601", f"spec file not found: {ref}", None)
+
+
+def display_path(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        try:
+            return "specs/" + str(p.resolve().relative_to(SPECS_DIR))
+        except ValueError:
+            return str(p)
+
+
+def read_text(path: Path, shown: str, span: Span | None = None) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SpecError("E0601", f"cannot read {shown}: {e.strerror or e}", span) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SpecError("E0105", f"{shown} is not UTF-8 text (byte {e.start}): is it a binary file?",
+                        Span(shown, line, 1)) from None
+
+
+def parse_source(text: str, shown: str) -> ast.Module:
+    if shown.endswith((".yaml", ".yml")):
+        from nnspec.dsl.yaml_front import load_yaml
+        return load_yaml(text, shown)
+    from nnspec.dsl.parser import parse_text
+    return parse_text(text, shown)
+
+
+def load(ref: str | Path, text: str | None = None) -> Program:
+    """Load a spec (path or built-in name) and everything it imports."""
+    if text is None:
+        path = resolve_spec(str(ref))
+        shown = display_path(path)
+        text = read_text(path, shown)
+    else:
+        path = Path(str(ref))
+        shown = str(ref)
+    sources = SourceCache()
+    sources.add(shown, text)
+    program = Program(root=ast.Module([]), sources=sources, path=shown)
+    try:
+        root = parse_source(text, shown)
+    except SpecError as e:
+        e.sources = sources  # type: ignore[attr-defined]
+        raise
+    program.root = root
+    program.modules[shown] = root
+    try:
+        _collect(program, root, path, [str(path.resolve()) if path.exists() else shown])
+    except SpecError as e:
+        e.sources = sources  # type: ignore[attr-defined]
+        raise
+    return program
+
+
+def _collect(program: Program, module: ast.Module, path: Path, stack: list[str]) -> None:
+    for imp in module.imports:
+        target = _find_import(imp, path)
+        key = str(target.resolve())
+        if key in stack:
+            chain = " -> ".join(Path(s).name for s in stack[stack.index(key):] + [key])
+            raise SpecError("E0602", f"import cycle: {chain}", imp.span,
+                            hint="move the shared blocks into a file that both import")
+        shown = display_path(target)
+        if shown in program.modules:
+            continue
+        text = read_text(target, shown, imp.span)
+        program.sources.add(shown, text)
+        sub = parse_source(text, shown)
+        program.modules[shown] = sub
+        if sub.models and not sub.blocks:
+            pass  # importing a file for its models only is allowed; they are not callable
+        _collect(program, sub, target, stack + [key])
+        _add_blocks(program, sub)
+    _add_blocks(program, module)
+
+
+def _add_blocks(program: Program, module: ast.Module) -> None:
+    for block in module.blocks:
+        prev = program.blocks.get(block.name)
+        if prev is not None and prev is not block:
+            if prev == block:
+                continue
+            raise SpecError("E0202", f"block `{block.name}` is defined twice", block.span,
+                            notes=[f"first defined at {prev.span}"] if prev.span else [])
+        program.blocks[block.name] = block
+
+
+def _find_import(imp: ast.ImportStmt, importer: Path) -> Path:
+    candidates = [importer.parent / imp.path, SPECS_DIR / imp.path]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise SpecError("E0601", f"cannot find imported file \"{imp.path}\"", imp.span,
+                    notes=["looked in: " + ", ".join(display_path(c.parent) or "." for c in candidates)],
+                    hint="paths are relative to the importing file, or to the built-in specs/ folder")

@@ -1,0 +1,11 @@
+"""Test configuration: make `nnspec` importable from a plain checkout (the repo root is the package)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("nnspec") is None:  # not installed: link the checkout in as `nnspec`
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("nnspec", root / "__init__.py", submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nnspec"] = module
+    spec.loader.exec_module(module)
