@@ -74,8 +74,16 @@ def init_lines(graph: Graph) -> list[str]:
 
 
 def _is_list(children: dict) -> bool:
+    """Children named 0, 1, 2, ...; gaps are allowed (torchvision's `features.0`, `features.2`: the ReLU at
+    index 1 has no parameters) and filled with nn.Identity() so that `self.features[2]` is the right layer."""
     keys = list(children)
-    return bool(keys) and all(k.isdigit() for k in keys) and sorted(int(k) for k in keys) == list(range(len(keys)))
+    return bool(keys) and all(k.isdigit() for k in keys)
+
+
+def _list_items(children: dict) -> list[str]:
+    by_index = {int(k): c for k, c in children.items()}
+    return [("nn.Identity()" if c is None else "nn.Module()" if isinstance(c, dict) else c.ctor)
+            for c in (by_index.get(i) for i in range(max(by_index) + 1))]
 
 
 def _child_ref(prefix: str, key: str) -> str:
@@ -92,8 +100,7 @@ def _emit_container(children: dict, prefix: str, lines: list) -> None:
                 lines.append(f"{ref} = {child.ctor}")
             continue
         if _is_list(child):
-            items = [c.ctor if not isinstance(c, dict) else "nn.Module()"
-                     for _, c in sorted(child.items(), key=lambda kv: int(kv[0]))]
+            items = _list_items(child)
             if all(not isinstance(c, dict) for c in child.values()) and sum(map(len, items)) <= 80:
                 lines.append(f"{ref} = nn.ModuleList([{', '.join(items)}])")
             else:
@@ -119,8 +126,8 @@ class _Names:
             base = "v_" + base
         if base in RESERVED:
             base = base + "_"
-        candidates = [base] + [f"{base}_{i}" for i in range(1, 10_000)]
-        for name in candidates:
+        for i in range(100_000):
+            name = base if i == 0 else f"{base}_{i}"
             if name in blocked:
                 continue
             holder = self.live.get(name)
@@ -141,6 +148,9 @@ class _Emitter:
         self.indent = indent
         self.expr: dict[tuple, str] = {}
         self.lines: list[str] = []
+        self.save: dict[tuple, str] = {}   # ref -> key: values kept for the backward pass
+        self.save_to = "saved"
+        self.scan_saves: dict = {}          # scan node id -> body refs its backward reads, per step
         self.remaining: dict[tuple, int] = {}
         for node in graph.nodes.values():
             for ref in node.inputs:
@@ -151,6 +161,11 @@ class _Emitter:
     def bind(self, ref, expr: str) -> None:
         self.expr[ref] = expr
         self.names.live[expr] = ref
+        self._keep(ref, expr)
+
+    def _keep(self, ref, expr: str) -> None:
+        if ref in self.save:
+            self.lines.append(f"{self.indent}{self.save_to}[{self.save[ref]!r}] = {expr}")
 
     def comment(self, node) -> str:
         types = ", ".join(_shape_comment(t) for t in node.outputs)
@@ -165,17 +180,23 @@ class _Emitter:
         op = REGISTRY[node.op]
         if node.op in ("input", "target"):
             return
+        if node.op == "saved" and (nid, 0) in self.expr:
+            return  # bound by the enclosing loop (a per-step value of a scan)
         if node.op == "constant":
             self.expr[(nid, 0)] = _literal(node.attrs["value"])
             return
         if node.op == "parameter":
             self.expr[(nid, 0)] = module_accessor(node.module)
+            self._keep((nid, 0), self.expr[(nid, 0)])
             return
         args = [self.expr[ref] for ref in node.inputs]
         for ref in node.inputs:
             self.remaining[ref] -= 1
         if node.op == "scan":
             self.emit_scan(node, args)
+            return
+        if node.op == "scan_backward":
+            self.emit_scan_backward(node, args)
             return
         ctx = LowerCtx(module=module_accessor(node.module) if node.module else None,
                        in_types=[self.graph.type_of(r) for r in node.inputs], out_types=node.outputs,
@@ -196,6 +217,8 @@ class _Emitter:
                 outs.append(name)
                 self.expr[(nid, k)] = name
             self.lines.append(f"{self.indent}{', '.join(outs)} = {text}{self.comment(node)}")
+            for k, name in enumerate(outs):
+                self._keep((nid, k), name)
 
     def emit_scan(self, node, args) -> None:
         a = node.attrs
@@ -231,6 +254,14 @@ class _Emitter:
         still_needed = {n for n, ref in self.names.live.items() if self.remaining.get(ref, 0) > 0}
         inner = _Emitter(body, self.names, self.device, self.dtype, ind + "    ",
                          blocked=still_needed | self.blocked | set(carry_names))
+        step_save = self.scan_saves.get(node.id)
+        if step_save is not None:  # keep each step's values for backpropagation through time
+            steps_name = self.names.fresh(f"{cell}_steps", {})
+            self.names.used.add(steps_name)
+            self.lines.insert(len(self.lines) - 1, f"{ind}{steps_name} = []")
+            inner.lines.append(f"{ind}    step_values = {{}}")
+            inner.save = {tuple(r): (f"{r[0]}" if r[1] == 0 else f"{r[0]}:{r[1]}") for r in step_save}
+            inner.save_to = "step_values"
         if has_xs:
             x_t = self.names.fresh("x_t", {})
             self.names.used.add(x_t)
@@ -245,11 +276,15 @@ class _Emitter:
         y = inner.expr[body.outputs["y"]]
         self.lines.extend(inner.lines)
         self.lines.append(f"{ind}    {outs_name}.append({y})")
+        if step_save is not None:
+            self.lines.append(f"{ind}    {steps_name}.append(step_values)")
         changed = [(c, v) for c, v in zip(carry_names, new_vals) if c != v]
         if changed:
             self.lines.append(f"{ind}    {', '.join(c for c, _ in changed)} = {', '.join(v for _, v in changed)}")
         if a["reverse"]:
             self.lines.append(f"{ind}{outs_name}.reverse()")
+        if step_save is not None:
+            self.lines.append(f"{ind}{self.save_to}[{node.id + ':steps'!r}] = {steps_name}")
         ys = self.names.fresh(node.label or f"{cell}_ys", self.remaining)
         where = f"  {node.span.file}:{node.span.line}" if node.span else ""
         self.lines.append(f"{ind}{ys} = torch.stack({outs_name}, dim={a['axis']})  # {_shape_comment(node.outputs[0])}{where}")
@@ -257,6 +292,85 @@ class _Emitter:
         for k, cname in enumerate(carry_names):
             self.expr[(node.id, k + 1)] = cname
             self.names.live[cname] = (node.id, k + 1)
+            self._keep((node.id, k + 1), cname)
+
+
+    def emit_scan_backward(self, node, args) -> None:
+        """Backpropagation through time: the cell's backward graph in a loop over the steps, reversed."""
+        a = node.attrs
+        body = a["body_backward"]
+        n, has_xs, axis = a["n_carries"], a["has_xs"], a["axis"]
+        ind = self.indent
+        g_ys, g_carries, steps = args[0], args[1:1 + n], args[1 + n]
+        cell = a["cell"]
+        carry_vars = []
+        for k, gc in enumerate(g_carries):
+            name = self.names.fresh(f"d_{a['carry_names'][k]}", self.remaining, self.blocked)
+            self.names.used.add(name)
+            carry_vars.append(name)
+            self.lines.append(f"{ind}{name} = {gc}")
+        acc = {}
+        for key in a["param_keys"]:
+            name = self.names.fresh("d_" + key.replace(".", "_"), self.remaining, self.blocked)
+            self.names.used.add(name)
+            acc[key] = name
+            self.lines.append(f"{ind}{name} = 0")
+        dxs_list = None
+        if has_xs:
+            dxs_list = self.names.fresh(f"d_{cell}_inputs", {}, self.blocked)
+            self.names.used.add(dxs_list)
+            self.lines.append(f"{ind}{dxs_list} = []")
+        t = self.names.fresh("t", {}, self.blocked)
+        self.names.used.add(t)
+        order = f"range(len({steps}))" if a["reverse"] else f"reversed(range(len({steps})))"
+        where = f"  {node.span.file}:{node.span.line}" if node.span else ""
+        self.lines.append(f"{ind}for {t} in {order}:  # backpropagation through time over {cell}{where}")
+        still_needed = {nm for nm, ref in self.names.live.items() if self.remaining.get(ref, 0) > 0}
+        inner = _Emitter(body, self.names, self.device, self.dtype, ind + "    ",
+                         blocked=still_needed | self.blocked | set(carry_vars) | set(acc.values()) | {steps, g_ys})
+        step_var = self.names.fresh("step_values", {}, inner.blocked)
+        self.names.used.add(step_var)
+        inner.lines.append(f"{ind}    {step_var} = {steps}[{t}]")
+        key = ", ".join([":"] * axis + [t])
+        for nid in body.inputs:
+            name = body.nodes[nid].attrs["name"]
+            if name == "grad_y":
+                gy = self.names.fresh("d_y_t", {}, inner.blocked)
+                self.names.used.add(gy)
+                inner.lines.append(f"{ind}    {gy} = {g_ys}[{key}]")
+                inner.bind((nid, 0), gy)
+            else:
+                k = int(name[len("grad_carry"):])
+                inner.bind((nid, 0), carry_vars[k])
+        for nid, bn in body.nodes.items():
+            if bn.op == "saved":
+                r = bn.attrs["ref"]
+                inner.expr[(nid, 0)] = f"{step_var}[{(r[0] if r[1] == 0 else f'{r[0]}:{r[1]}')!r}]"
+        for nid in body.topo_order():
+            inner.emit_node(nid)
+        self.lines.extend(inner.lines)
+        for pkey, var in acc.items():
+            self.lines.append(f"{ind}    {var} = {var} + {inner.expr[body.outputs['d:' + pkey]]}")
+        if has_xs:
+            dx = body.outputs.get("d:" + a["x_name"])
+            self.lines.append(f"{ind}    {dxs_list}.append({inner.expr[dx] if dx else 'torch.zeros_like(' + g_ys + '[' + key + '])'})")
+        new = []
+        for k, cname in enumerate(a["carry_names"]):
+            ref = body.outputs.get("d:" + cname)
+            new.append(inner.expr[ref] if ref is not None else f"torch.zeros_like({carry_vars[k]})")
+        self.lines.append(f"{ind}    {', '.join(carry_vars)} = {', '.join(new)}")
+        outs = []
+        if has_xs:
+            if not a["reverse"]:
+                self.lines.append(f"{ind}{dxs_list}.reverse()")
+            dxs = self.names.fresh(f"d_{cell}_xs", self.remaining, self.blocked)
+            self.lines.append(f"{ind}{dxs} = torch.stack({dxs_list}, dim={axis})  # {_shape_comment(node.outputs[0])}")
+            outs.append(dxs)
+        outs += carry_vars + [acc[k] for k in a["param_keys"]]
+        for k, name in enumerate(outs):
+            self.expr[(node.id, k)] = name
+            self.names.live[name] = (node.id, k)
+            self._keep((node.id, k), name)
 
 
 def _shape_comment(t) -> str:
