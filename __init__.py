@@ -34,7 +34,7 @@ _CACHE: dict = {}
 def compile(spec, params: dict | None = None, model: str | None = None):  # noqa: A001 - the natural name
     """Compile a spec to an nn.Module class whose constructor takes the spec's parameters as keywords."""
     from nnspec.compiler.codegen.loader import materialize
-    key = (str(spec), tuple(sorted((params or {}).items())), model)
+    key = (str(spec), tuple(sorted((k, repr(v)) for k, v in (params or {}).items())), model)  # list values: repr
     if key in _CACHE:
         return _CACHE[key]
     graph = build(spec, params, model)
@@ -57,8 +57,11 @@ def compile(spec, params: dict | None = None, model: str | None = None):  # noqa
     def __init__(self, **kwargs):
         cls.__init__(self, **{**base_params, **kwargs})
 
+    def _repr_svg_(self):  # Jupyter draws an instance as its model's forward graph
+        return type(self).graph._repr_svg_()
+
     wrapper = type(cls.__name__, (cls,), {"__new__": __new__, "__init__": __init__, "__module__": cls.__module__,
-                                          "__doc__": cls.__doc__, "graph": graph})
+                                          "__doc__": cls.__doc__, "graph": graph, "_repr_svg_": _repr_svg_})
     wrapper.__qualname__ = cls.__qualname__
     _CACHE[key] = wrapper
     return wrapper

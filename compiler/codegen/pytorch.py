@@ -45,20 +45,24 @@ def class_name_for(name: str) -> str:
     return name
 
 
-def module_accessor(path: str) -> str:
+def module_accessor(path: str, kinds: dict | None = None) -> str:
+    """`layer1.0.conv1` -> `self.layer1[0].conv1` (by the kind of each container: see container_kinds)."""
     out = "self"
+    prefix = ""
     for part in path.split("."):
-        if part.isdigit():
+        kind = (kinds or {}).get(prefix, "list" if part.isdigit() else "module")
+        if kind == "list":
             out += f"[{int(part)}]"
+        elif kind == "dict":
+            out += f"[{part!r}]"
         else:
             assert is_identifier(part), part  # the elaborator validates every name
             out += f".{part}"
+        prefix = f"{prefix}.{part}" if prefix else part
     return out
 
 
-# ------------------------------------------------------------------------------ __init__
-def init_lines(graph: Graph) -> list[str]:
-    """Build the module tree: containers (nn.Module / nn.ModuleList) then layers and parameters."""
+def _tree(graph: Graph) -> dict:
     tree: dict = {}
     for path, info in graph.modules.items():
         node = tree
@@ -68,48 +72,79 @@ def init_lines(graph: Graph) -> list[str]:
             if not isinstance(node, dict):
                 raise AssertionError(f"{path}: a layer is also used as a container")
         node[parts[-1]] = info
+    return tree
+
+
+def container_kinds(graph: Graph) -> dict:
+    """How each container holds its children: 'list' (nn.ModuleList: children 0, 1, 2 ... with a few gaps),
+    'dict' (nn.ModuleDict: numbers far apart, or numbers mixed with names), or 'module' (names only)."""
+    cached = getattr(graph, "_container_kinds", None)
+    if cached is not None:
+        return cached
+    kinds: dict = {}
+
+    def walk(children: dict, prefix: str) -> None:
+        keys = list(children)
+        digits = [k for k in keys if k.isdigit()]
+        if digits and len(digits) == len(keys) and max(map(int, digits)) < 2 * len(keys) + 16:
+            kinds[prefix] = "list"
+        elif digits:
+            kinds[prefix] = "dict"
+        else:
+            kinds[prefix] = "module"
+        for k, c in children.items():
+            if isinstance(c, dict):
+                walk(c, f"{prefix}.{k}" if prefix else k)
+
+    walk(_tree(graph), "")
+    graph._container_kinds = kinds  # type: ignore[attr-defined]
+    return kinds
+
+
+# ------------------------------------------------------------------------------ __init__
+def init_lines(graph: Graph) -> list[str]:
+    """Build the module tree: containers (nn.Module / nn.ModuleList / nn.ModuleDict), layers, parameters."""
     lines: list[str] = []
-    _emit_container(tree, "self", lines)
+    _emit_container(_tree(graph), "", container_kinds(graph), lines)
     return lines
 
 
-def _is_list(children: dict) -> bool:
-    """Children named 0, 1, 2, ...; gaps are allowed (torchvision's `features.0`, `features.2`: the ReLU at
-    index 1 has no parameters) and filled with nn.Identity() so that `self.features[2]` is the right layer."""
-    keys = list(children)
-    return bool(keys) and all(k.isdigit() for k in keys)
-
-
-def _list_items(children: dict) -> list[str]:
+def _list_items(children: dict, path: str, kinds: dict) -> list[str]:
+    """Children named 0, 1, 2, ...; gaps (torchvision's `features.0`, `features.2`: the ReLU at index 1
+    has no parameters) are filled with nn.Identity() so that `self.features[2]` is the right layer."""
     by_index = {int(k): c for k, c in children.items()}
-    return [("nn.Identity()" if c is None else "nn.Module()" if isinstance(c, dict) else c.ctor)
-            for c in (by_index.get(i) for i in range(max(by_index) + 1))]
+
+    def item(i, c):
+        if c is None:
+            return "nn.Identity()"
+        if isinstance(c, dict):
+            return "nn.ModuleDict()" if kinds.get(f"{path}.{i}") == "dict" else "nn.Module()"
+        return c.ctor
+    return [item(i, by_index.get(i)) for i in range(max(by_index) + 1)]
 
 
-def _child_ref(prefix: str, key: str) -> str:
-    return f"{prefix}[{int(key)}]" if key.isdigit() else f"{prefix}.{key}"
-
-
-def _emit_container(children: dict, prefix: str, lines: list) -> None:
+def _emit_container(children: dict, prefix: str, kinds: dict, lines: list) -> None:
     """Layers and containers in the order the spec created them."""
-    as_list = _is_list(children)
+    own = kinds.get(prefix, "module")
     for key, child in children.items():
-        ref = _child_ref(prefix, key)
+        path = f"{prefix}.{key}" if prefix else key
+        ref = module_accessor(path, kinds)
         if not isinstance(child, dict):
-            if not as_list:
+            if own != "list":
                 lines.append(f"{ref} = {child.ctor}")
             continue
-        if _is_list(child):
-            items = _list_items(child)
+        kind = kinds[path]
+        if kind == "list":
+            items = _list_items(child, path, kinds)
             if all(not isinstance(c, dict) for c in child.values()) and sum(map(len, items)) <= 80:
                 lines.append(f"{ref} = nn.ModuleList([{', '.join(items)}])")
             else:
                 lines.append(f"{ref} = nn.ModuleList([")
                 lines.extend(f"    {it}," for it in items)
                 lines.append("])")
-        elif not as_list:
-            lines.append(f"{ref} = nn.Module()")
-        _emit_container(child, ref, lines)
+        elif own != "list":
+            lines.append(f"{ref} = {'nn.ModuleDict()' if kind == 'dict' else 'nn.Module()'}")
+        _emit_container(child, path, kinds, lines)
 
 
 # ------------------------------------------------------------------------------ forward
@@ -186,7 +221,7 @@ class _Emitter:
             self.expr[(nid, 0)] = _literal(node.attrs["value"])
             return
         if node.op == "parameter":
-            self.expr[(nid, 0)] = module_accessor(node.module)
+            self.expr[(nid, 0)] = module_accessor(node.module, container_kinds(self.graph))
             self._keep((nid, 0), self.expr[(nid, 0)])
             return
         args = [self.expr[ref] for ref in node.inputs]
@@ -198,7 +233,7 @@ class _Emitter:
         if node.op == "scan_backward":
             self.emit_scan_backward(node, args)
             return
-        ctx = LowerCtx(module=module_accessor(node.module) if node.module else None,
+        ctx = LowerCtx(module=module_accessor(node.module, container_kinds(self.graph)) if node.module else None,
                        in_types=[self.graph.type_of(r) for r in node.inputs], out_types=node.outputs,
                        device=self.device, dtype=self.dtype)
         args = [_paren(a) if _needs_paren(node.op, a) else a for a in args]
@@ -285,7 +320,7 @@ class _Emitter:
             self.lines.append(f"{ind}{outs_name}.reverse()")
         if step_save is not None:
             self.lines.append(f"{ind}{self.save_to}[{node.id + ':steps'!r}] = {steps_name}")
-        ys = self.names.fresh(node.label or f"{cell}_ys", self.remaining)
+        ys = self.names.fresh(node.label or (node.out_labels[0] if node.out_labels else f"{cell}_ys"), self.remaining)
         where = f"  {node.span.file}:{node.span.line}" if node.span else ""
         self.lines.append(f"{ind}{ys} = torch.stack({outs_name}, dim={a['axis']})  # {_shape_comment(node.outputs[0])}{where}")
         self.bind((node.id, 0), ys)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from nnspec.compiler.ir import ParamSpec
 from nnspec.compiler.ops.common import float_input
 from nnspec.compiler.ops.registry import Attr, kwargs_text, register
-from nnspec.compiler.shapes import TensorType, conv_out, is_concrete, numel, shape_str
+from nnspec.compiler.shapes import TensorType, conv_out, is_concrete, numel, shape_str, simplify
 
 
 def _call(i, a, c):
@@ -27,6 +27,7 @@ def _concrete_feature(ctx, t: TensorType, axis: int, what: str):
 
 # ---------------------------------------------------------------------------------- linear
 def _linear_shape(ctx, ins, a):
+    ctx.check_positive(a, "out_features")
     t = float_input(ctx, ins, a)
     if t.rank < 1:
         ctx.check_rank(t, (1, 2, 3, 4))
@@ -35,7 +36,8 @@ def _linear_shape(ctx, ins, a):
 
 
 register("linear", inputs=("x",),
-         attrs=(Attr("out_features", "int"), Attr("bias", "bool", True)),
+         attrs=(Attr("out_features", "int"), Attr("bias", "bool", True),
+                Attr("in_features", "int_or_none", None, doc="optional: checked against the input's last dimension")),
          shape=_linear_shape, lower=_call,
          params=lambda ins, a: [ParamSpec("weight", (a["out_features"], ins[0].shape[-1]), "kaiming_uniform")]
          + ([ParamSpec("bias", (a["out_features"],), "fan_in_uniform")] if a["bias"] else []),
@@ -50,8 +52,21 @@ def _tuple(v, n):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
+def _ints(ctx, a, name: str, n: int, minimum: int, value=None) -> tuple:
+    """An int_or_ints attribute as n ints, each at least `minimum`; a SpecError otherwise."""
+    v = a[name] if value is None else value
+    t = _tuple(v, n)
+    if len(t) != n or any(isinstance(x, bool) or not isinstance(x, int) or x < minimum for x in t):
+        ctx.fail("E0401", f"attribute `{name}` of {ctx.op.name} must be an int >= {minimum} or {n} of them",
+                 found=repr(v), expected=f"an int or a list of {n} ints, each >= {minimum}")
+    return t
+
+
 def _conv_shape(n):
     def rule(ctx, ins, a):
+        ctx.check_positive(a, "out_channels", "groups")
+        if a["padding"] not in ("same", "valid"):
+            _ints(ctx, a, "padding", n, 0)
         t = float_input(ctx, ins, a)
         ctx.check_rank(t, (n + 1, n + 2))
         cin = _concrete_feature(ctx, t, -(n + 1), "input channels")
@@ -61,8 +76,9 @@ def _conv_shape(n):
                 ctx.fail("E0401", f"attribute `{name}` of {ctx.op.name} must be a positive int or {n} of them",
                          found=repr(a[name]), expected=f"int or list of {n} positive ints")
         if cin % a["groups"] or a["out_channels"] % a["groups"]:
-            ctx.fail("E0308", f"{ctx.op.name}: channels must divide by groups={a['groups']}",
-                     found=f"in {cin}, out {a['out_channels']}", expected=f"multiples of {a['groups']}")
+            ctx.fail("E0308", f"{ctx.op.name}: {cin} input and {a['out_channels']} output channels must both divide "
+                     f"by groups={a['groups']}", found=f"in {cin}, out {a['out_channels']}",
+                     expected=f"multiples of {a['groups']}")
         p = a["padding"]
         spatial = t.shape[-n:]
         out = []
@@ -126,11 +142,19 @@ for _n, _cls in ((1, "Conv1d"), (2, "Conv2d"), (3, "Conv3d")):
 
 
 def _convt_shape(ctx, ins, a):
+    ctx.check_positive(a, "out_channels", "groups")
     t = float_input(ctx, ins, a)
     ctx.check_rank(t, (3, 4))
-    _concrete_feature(ctx, t, -3, "input channels")
-    k, s, p = _tuple(a["kernel"], 2), _tuple(a["stride"], 2), _tuple(a["padding"], 2)
-    op_, d = _tuple(a["output_padding"], 2), _tuple(a["dilation"], 2)
+    cin = _concrete_feature(ctx, t, -3, "input channels")
+    k, s, p = _ints(ctx, a, "kernel", 2, 1), _ints(ctx, a, "stride", 2, 1), _ints(ctx, a, "padding", 2, 0)
+    op_, d = _ints(ctx, a, "output_padding", 2, 0), _ints(ctx, a, "dilation", 2, 1)
+    if cin % a["groups"] or a["out_channels"] % a["groups"]:
+        ctx.fail("E0308", f"{ctx.op.name}: {cin} input and {a['out_channels']} output channels must both divide "
+                 f"by groups={a['groups']}", found=f"in {cin}, out {a['out_channels']}",
+                 expected=f"multiples of {a['groups']}")
+    if any(op_[i] >= max(s[i], d[i]) for i in range(2)):
+        ctx.fail("E0401", f"{ctx.op.name}: output_padding must be smaller than the stride or the dilation",
+                 found=f"output_padding={a['output_padding']!r}", expected=f"less than stride={a['stride']!r}")
     out = tuple((t.shape[-2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + op_[i] + 1 for i in range(2))
     return t.with_shape(t.shape[:-3] + (a["out_channels"],) + out)
 
@@ -155,10 +179,13 @@ def _pool_shape(n):
     def rule(ctx, ins, a):
         t = ins[0]
         ctx.check_rank(t, (n + 1, n + 2))
-        k = _tuple(a["kernel"], n)
-        s = _tuple(a["stride"] if a["stride"] is not None else a["kernel"], n)
-        p = _tuple(a["padding"], n)
-        d = _tuple(a.get("dilation", 1), n)
+        k = _ints(ctx, a, "kernel", n, 1)
+        s = _ints(ctx, a, "stride", n, 1, a["stride"] if a["stride"] is not None else a["kernel"])
+        p = _ints(ctx, a, "padding", n, 0)
+        d = _ints(ctx, a, "dilation", n, 1, a.get("dilation", 1))
+        if any(2 * p[i] > k[i] for i in range(n)):
+            ctx.fail("E0401", f"{ctx.op.name}: padding must be at most half the window",
+                     found=f"padding={a['padding']!r}, kernel={a['kernel']!r}", expected="padding <= kernel / 2")
         out = []
         for i in range(n):
             size = t.shape[-n + i]
@@ -166,11 +193,19 @@ def _pool_shape(n):
                 o = -(-(size + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i]) + 1
                 if (o - 1) * s[i] >= size + p[i]:
                     o -= 1
+            elif a.get("ceil_mode"):
+                # ceil((size + 2p - d(k-1) - 1) / s) + 1; torch drops a last window that starts in the right
+                # padding, which cannot happen when p + s - 1 <= d(k-1) (so the formula is exact then)
+                if p[i] + s[i] - 1 > d[i] * (k[i] - 1):
+                    ctx.fail("E0307", f"{ctx.op.name} with ceil_mode needs a known input size here, found `{size}`",
+                             found=shape_str(t.shape), expected=f"a concrete size at dimension {t.rank - n + i}")
+                o = simplify((size + 2 * p[i] - d[i] * (k[i] - 1) - 1 + s[i] - 1) // s[i] + 1)
             else:
                 o = conv_out(size, k[i], s[i], p[i], d[i])
             if is_concrete(o) and o < 1:
                 ctx.fail("E0309", f"{ctx.op.name}: window {k[i]} does not fit in input size {size}",
-                         found=f"input {shape_str(t.shape)}", expected=f"spatial size >= {k[i] - 2 * p[i]}")
+                         found=f"input {shape_str(t.shape)}", expected=f"spatial size >= {k[i] - 2 * p[i]}",
+                         hint="the input is too small here: check the pooling and stride before this layer")
             out.append(o)
         return t.with_shape(t.shape[:-n] + tuple(out))
     return rule
@@ -207,7 +242,7 @@ def _adaptive_shape(n):
     def rule(ctx, ins, a):
         t = ins[0]
         ctx.check_rank(t, (n + 1, n + 2))
-        return t.with_shape(t.shape[:-n] + _tuple(a["output_size"], n))
+        return t.with_shape(t.shape[:-n] + _ints(ctx, a, "output_size", n, 1))
     return rule
 
 
@@ -224,13 +259,15 @@ def _upsample_shape(ctx, ins, a):
     if t.rank < 3:
         ctx.check_rank(t, (3, 4, 5))
     n = t.rank - 2
+    if a["mode"] != "nearest":  # linear needs 3-d input, bilinear and bicubic 4-d (torch raises otherwise)
+        ctx.check_rank(t, 3 if a["mode"] == "linear" else 4, f"input of mode={a['mode']!r}")
     if a["size"] is not None:
-        return t.with_shape(t.shape[:2] + _tuple(a["size"], n))
+        return t.with_shape(t.shape[:2] + _ints(ctx, a, "size", n, 1))
     if a["scale_factor"] is None:
         ctx.fail("E0407", "upsample needs `scale_factor` or `size`", expected="upsample(scale_factor=2)")
     sf = a["scale_factor"]
-    if int(sf) != sf:
-        ctx.fail("E0401", "upsample's scale_factor must be a whole number here", found=repr(sf))
+    if not (0 < sf < 2 ** 31) or int(sf) != sf:
+        ctx.fail("E0401", "upsample's scale_factor must be a positive whole number here", found=repr(sf))
     return t.with_shape(t.shape[:2] + tuple(d * int(sf) for d in t.shape[2:]))
 
 
@@ -323,7 +360,10 @@ REGISTRY_IN = register("instance_norm", inputs=("x",),
                        attrs=(Attr("eps", "float", 1e-5), Attr("affine", "bool", False), Attr("track_running_stats", "bool", False)),
                        shape=_in_shape, lower=_call, module=_in_ctor, train_dependent=True,
                        params=lambda ins, a: ([ParamSpec("weight", (ins[0].shape[1],), "ones"), ParamSpec("bias", (ins[0].shape[1],), "zeros")]
-                                              if a["affine"] else []),
+                                              if a["affine"] else [])
+                       + ([ParamSpec("running_mean", (ins[0].shape[1],), "buffer", False),
+                           ParamSpec("running_var", (ins[0].shape[1],), "buffer", False),
+                           ParamSpec("num_batches_tracked", (), "buffer", False)] if a["track_running_stats"] else []),
                        category="normalization", doc="normalise each sample's channel over its spatial positions")
 
 
@@ -332,6 +372,7 @@ def _gn_shape(ctx, ins, a):
     if t.rank < 2:
         ctx.check_rank(t, (2, 3, 4, 5))
     c = _concrete_feature(ctx, t, 1, "channels")
+    ctx.check_positive(a, "groups")
     if c % a["groups"]:
         ctx.fail("E0308", f"group_norm: {c} channels do not divide into {a['groups']} groups",
                  found=str(c), expected=f"a multiple of {a['groups']}")
@@ -365,6 +406,10 @@ for _name, _fn, _rank in (("dropout", "F.dropout", None), ("dropout2d", "F.dropo
 
 
 def _emb_shape(ctx, ins, a):
+    ctx.check_positive(a, "num", "dim")
+    if a["padding_idx"] is not None and not -a["num"] <= a["padding_idx"] < a["num"]:
+        ctx.fail("E0401", f"embedding: padding_idx {a['padding_idx']} is not a row of the {a['num']}-row table",
+                 found=str(a["padding_idx"]), expected=f"-{a['num']} <= padding_idx < {a['num']}")
     t = ins[0]
     if t.dtype not in ("i32", "i64"):
         ctx.fail("E0305", f"embedding takes integer ids, found {t.dtype}", found=str(t), expected="an i64 tensor of ids")
@@ -381,6 +426,7 @@ register("embedding", inputs=("ids",),
 
 
 def _prelu_shape(ctx, ins, a):
+    ctx.check_positive(a, "num_parameters")
     t = float_input(ctx, ins, a)
     if a["num_parameters"] != 1:
         if t.rank < 2 or t.shape[1] != a["num_parameters"]:
