@@ -208,6 +208,11 @@ class Graph:
                 rows.append(f"  {kind} {name} = {src}" + (f"[{k}]" if k else ""))
         return "\n".join(rows)
 
+    def _repr_svg_(self) -> str | None:
+        """Jupyter shows a graph as its forward picture (None without graphviz's `dot`: text instead)."""
+        from nnspec.compiler.render import svg
+        return svg(self)
+
 
 _RESERVED = {"self", "torch", "nn", "F", "math", "triton", "tl", "x_shape"}
 
