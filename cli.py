@@ -38,6 +38,10 @@ def handles_errors(fn):
             raise
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:  # output piped into `head`: stop quietly, like any Unix tool
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(1)
         except (OSError, MemoryError, RecursionError) as e:
             _fail(f"error: {type(e).__name__}: {e}")
         except Exception as e:  # an internal error: still no traceback unless asked
@@ -111,7 +115,8 @@ def check(spec, params, model, quiet):
     """Parse and validate SPEC; report errors like a compiler (exit 1 on error)."""
     from nnspec.compiler.pipeline import build
     graph = build(spec, parse_params(params), model)
-    for w in getattr(graph, "warnings", []):
+    from nnspec.compiler.passes.gradient_lint import gradient_warnings
+    for w in list(getattr(graph, "warnings", [])) + gradient_warnings(graph):
         click.echo(w.format(), err=True)
     if not quiet:
         ins = ", ".join(f"{graph.nodes[i].attrs['name']}: {graph.nodes[i].outputs[0]}" for i in graph.inputs)
@@ -170,6 +175,111 @@ def compile_cmd(spec, out_dir, params, model, stdout):
     path = Path(out_dir) / f"{stem}.py"
     write_atomic(path, source)
     click.echo(f"wrote {path} ({graph.name}: {len(graph)} ops, {graph.param_count():,} parameters)")
+
+
+@main.command()
+@click.argument("spec")
+@click.option("-o", "--out", "out_dir", default="build", show_default=True, type=click.Path(file_okay=False),
+              help="output folder")
+@click.option("-f", "--format", "fmt", type=click.Choice(["svg", "png", "pdf", "dot"]), default="svg",
+              show_default=True)
+@click.option("--graph", "which", type=click.Choice(["both", "forward", "backward"]), default="both", show_default=True,
+              help="which graph to draw")
+@click.option("--depth", default="auto", show_default=True, metavar="N|auto|all",
+              help="fold blocks nested deeper than N into one node; 'all' draws every op; 'auto' folds big graphs")
+@click.option("--unroll", type=click.IntRange(1, 64), default=None, metavar="T",
+              help="draw each scan as T steps: backpropagation through time")
+@click.option("--values", is_flag=True,
+              help="run the model: forward values on forward edges, gradients on backward edges")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=VALUE",
+              help="an input for --values (a number or a list; repeatable); the others are random, with --seed")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",
+              help="size of a symbolic dimension for --values (default: 2 for the batch, 3 for the others)")
+@click.option("--seed", default=0, show_default=True, help="seed of the random inputs and weights of --values")
+@click.option("--rankdir", type=click.Choice(["TB", "LR"]), default="TB", show_default=True,
+              help="top to bottom, or left to right")
+@click.option("--weights", type=click.Choice(["auto", "nodes", "label"]), default="auto", show_default=True,
+              help="draw layer weights as nodes, or in their op's label (auto: nodes for small graphs)")
+@click.option("--input-grads", is_flag=True, help="also draw the gradients with respect to the inputs")
+@_param_option
+@_model_option
+@handles_errors
+def render(spec, out_dir, fmt, which, depth, unroll, values, inputs, dims, seed, rankdir, weights, input_grads,
+           params, model):
+    """Draw the forward and backward graphs of SPEC: OUT/<spec>.forward.svg and OUT/<spec>.backward.svg.
+
+    Without graphviz's `dot` program, the .dot files are written instead, with a note on installing
+    graphviz. If the backward graph cannot be built (an op without a gradient rule), the forward file is
+    kept and the command exits with status 1, naming what is missing.
+    """
+    from nnspec.compiler.pipeline import build
+    from nnspec.compiler.render import BackwardUnavailable, RenderError, draw, run_values, write_rendered
+    graph = build(spec, parse_params(params), model)
+    if depth not in ("auto", "all"):
+        try:
+            depth = int(depth)
+        except ValueError:
+            raise click.BadParameter(f"expected a number, 'auto' or 'all', got {depth!r}",
+                                     param_hint="--depth") from None
+        if depth < 0:
+            raise click.BadParameter("must be 0 or more", param_hint="--depth")
+    given = parse_params(inputs)
+    trace = None
+    try:
+        if values or given:
+            sizes = parse_params(dims)
+            for k, v in sizes.items():
+                if not isinstance(v, int) or v < 1:
+                    raise click.BadParameter(f"{k} must be a positive integer", param_hint="--dim")
+            trace = run_values(graph, given, sizes, seed)
+    except RenderError as e:
+        raise click.BadParameter(str(e), param_hint="--input") from None
+    except BackwardUnavailable as e:
+        _fail(f"error: {e}")
+    stem = Path(graph.source or "model").stem
+    if stem.startswith("<"):
+        stem = graph.name.lower()
+    if model:
+        stem = f"{stem}.{model}"
+    told, written = False, None
+    for kind in (["forward", "backward"] if which == "both" else [which]):
+        try:
+            picture = draw(graph, kind, depth=depth, unroll=unroll, values=trace, rankdir=rankdir, weights=weights,
+                           input_grads=True if input_grads else None)
+        except BackwardUnavailable as e:
+            kept = f"; the forward graph is in {written}" if which == "both" else ""
+            _fail(f"error: {e}{kept}")
+        result = write_rendered(picture.dot, Path(out_dir) / f"{stem}.{kind}", fmt)
+        written = result.path
+        folded = "every op" if picture.depth is None else f"blocks folded below depth {picture.depth}"
+        click.echo(f"wrote {result.path} ({kind} graph of {graph.name}: {picture.nodes} nodes, {folded})")
+        if result.dot_only and not told:
+            click.echo("note: " + " ".join(result.notes), err=True)
+            told = True
+
+
+@main.command()
+@click.option("-o", "--out", "out_dir", default="build/gallery", show_default=True, type=click.Path(file_okay=False),
+              help="output folder")
+@click.option("-f", "--format", "fmt", type=click.Choice(["svg", "png"]), default="svg", show_default=True,
+              help="image format of the graphs")
+@click.option("--spec", "specs", multiple=True, metavar="SPEC",
+              help="only this spec (a built-in name or a path; repeatable); default: every spec in specs/")
+@handles_errors
+def gallery(out_dir, fmt, specs):
+    """Build a static HTML gallery of the specs: OUT/index.html and a page per spec (graphs, summary, source)."""
+    from nnspec.compiler.gallery import build_gallery
+    from nnspec.compiler.render import INSTALL_HINT, dot_available
+    if not dot_available():
+        _fail(f"error: the gallery draws its graphs with graphviz's `dot` program, which was not found; {INSTALL_HINT}")
+    report = build_gallery(Path(out_dir), specs=list(specs) or None, fmt=fmt,
+                           log=lambda message: click.echo(message, err=True))
+    click.echo(f"wrote {report.index}: {len(report.pages)} pages, {report.images} images, "
+               f"{report.size_bytes / 2**20:.1f} MiB, in {report.seconds:.1f} s")
+    for problem in report.problems:
+        click.echo(f"warning: {problem}", err=True)
+    if report.failures:
+        _fail("error: " + "; ".join(report.failures))
 
 
 @main.command()
@@ -237,6 +347,51 @@ def ops(name):
     for cat in sorted(by_cat):
         click.echo(f"{cat}: {', '.join(sorted(by_cat[cat]))}")
 
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--resume", is_flag=True, help="continue the run in the output folder from its last checkpoint")
+@click.option("--from", "resume_from", default=None, type=click.Path(), metavar="CHECKPOINT",
+              help="resume from this checkpoint (a run folder or a checkpoint folder); implies --resume")
+@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="output folder (default: output.dir of the config, else runs/<config name>)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="override a config key, e.g. --set optimizer.lr=0.01 (repeatable; the value is read as YAML)")
+@click.option("--overwrite", is_flag=True, help="start again in an output folder that already holds a run")
+@click.option("--check", "check_only", is_flag=True,
+              help="validate the config against the spec and the data, build everything, train nothing")
+@click.option("--schema", is_flag=True, help="print every config key with its type, default and meaning")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing but errors")
+@handles_errors
+def train(config, resume, resume_from, out_dir, overrides, overwrite, check_only, schema, quiet):
+    """Train the model of a training CONFIG (YAML): data, objectives, optimizer, schedule, checkpoints, logs.
+
+    Under torchrun (`torchrun --nproc_per_node N -m nnspec train CONFIG`) it trains with
+    DistributedDataParallel; only rank 0 writes. See nnspec/runtime/config.py for the format.
+    """
+    from nnspec.runtime.config import describe_schema, load_config
+    if schema:
+        click.echo(describe_schema())
+        return
+    if not config:
+        raise click.UsageError("missing argument CONFIG (or --schema)")
+    cfg = load_config(config, overrides)
+    from nnspec.runtime.trainer import Trainer, TrainingError
+    echo = (lambda text: None) if quiet else click.echo
+    trainer = Trainer(cfg, out_dir=out_dir, resume=resume, resume_from=resume_from, overwrite=overwrite,
+                      quiet=quiet, echo=echo, dry_run=check_only)
+    if check_only:
+        trainer.logger.close()
+        from nnspec.runtime import distributed
+        distributed.cleanup(trainer.dist)
+        click.echo(f"ok: {cfg.path}: model {trainer.graph.name}, {len(trainer.objectives)} objective(s), "
+                   f"{trainer.epochs} epoch(s) of {trainer.bpe} batch(es); logged: {', '.join(trainer.names)}")
+        return
+    try:
+        trainer.run()
+    except TrainingError as e:
+        _fail(str(e))
 
 if __name__ == "__main__":
     main()

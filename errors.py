@@ -55,32 +55,33 @@ class SpecError(Exception):
 
     def format(self, sources: "SourceCache | None" = None) -> str:
         lines = [f"error[{self.code}]: {self.message}"]
+        pad = "  "
         if self.span is not None:
-            lines.append(f"  --> {self.span}")
             text = sources.line(self.span.file, self.span.line) if sources else None
+            num = str(self.span.line).rjust(2)  # the gutter lines up with the `= note` lines below
+            pad = " " * len(num)
+            lines.append(f"{pad}--> {self.span}")
             if text is not None:
-                num = str(self.span.line)
-                pad = " " * len(num)
                 lines.append(f"{pad} |")
                 shown = text.rstrip("\n").expandtabs(4)
                 lines.append(f"{num} | {shown}")
-                start = max(self.span.col - 1, 0)
+                start = len(text[:max(self.span.col - 1, 0)].expandtabs(4))
                 if self.span.end_line in (None, self.span.line) and self.span.end_col:
                     width = max(self.span.end_col - self.span.col, 1)
                 else:
                     width = max(len(shown.rstrip()) - start, 1)
                 lines.append(f"{pad} | {' ' * start}{'^' * width}")
             else:
-                lines.append("   |")
+                lines.append(f"{pad} |")
         if self.found is not None or self.expected is not None:
             if self.expected is not None:
-                lines.append(f"   = expected: {self.expected}")
+                lines.append(f"{pad} = expected: {self.expected}")
             if self.found is not None:
-                lines.append(f"   = found:    {self.found}")
+                lines.append(f"{pad} = found:    {self.found}")
         for note in self.notes:
-            lines.append(f"   = note: {note}")
+            lines.append(f"{pad} = note: {note}")
         if self.hint:
-            lines.append(f"   = help: {self.hint}")
+            lines.append(f"{pad} = help: {self.hint}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -101,10 +102,17 @@ class SourceCache:
         text = self.texts.get(name)
         if text is None:
             return None
-        rows = text.splitlines()
+        rows = text.split("\n")  # lines as the parser counts them (not str.splitlines, which also splits at \f)
         if 1 <= lineno <= len(rows):
-            return rows[lineno - 1]
+            return rows[lineno - 1].rstrip("\r")
         return None
+
+
+def too_deep(path: str, span: Span | None = None) -> SpecError:
+    """The error for an expression too deep to compile (thousands of nested brackets or chained operators)."""
+    return SpecError("E0106", "expression is nested too deeply to compile", span or Span(path, 1, 1),
+                     hint="a chain of thousands of operators or brackets nests as deeply: split it into "
+                          "several assignments")
 
 
 def suggest(name: str, candidates) -> str | None:

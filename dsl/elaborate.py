@@ -9,6 +9,8 @@ inferred (`linear(128)`) and a mismatch is reported at the line that caused it.
 """
 from __future__ import annotations
 
+import builtins
+import keyword
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +21,17 @@ from nnspec.compiler.ops.registry import OpContext, bind_attrs
 from nnspec.compiler.shapes import Sym, TensorType, is_concrete, shape_str, simplify
 from nnspec.dsl import ast
 from nnspec.dsl.loader import Program
-from nnspec.errors import Span, SpecError, suggest
+from nnspec.errors import Span, SpecError, suggest, too_deep
 
 MAX_REPEAT = 10_000          # iterations of one `for`
 MAX_NODES = 200_000          # nodes in one model
+MAX_STEPS = 100_000          # loop iterations plus block instances while elaborating one model
+MAX_INT_BITS = 10_000        # compile-time integers (sizes), so that no arithmetic can run away
+MAX_VALUE_LEN = 100_000      # compile-time strings and lists
 MAX_BLOCK_DEPTH = 48         # nested block instantiations (bounded recursion is allowed)
+# inputs, targets and symbols become variables of the generated forward(): they cannot be Python keywords,
+# builtins, or the names the generated code relies on
+RESERVED_NAMES = set(keyword.kwlist) | set(dir(builtins)) | {"self", "torch", "nn", "F", "math", "return_losses"}
 
 BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "@": "matmul",
               "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
@@ -63,6 +71,7 @@ class Scope:
     owner: object | None = None                     # shared-instance token that owns new modules
     returned: list | None = None
     later: dict = field(default_factory=dict)       # names assigned later in this body -> span
+    defined: dict = field(default_factory=dict)     # name -> span of its first definition, for notes
 
 
 def elaborate(program: Program, model: str | None = None, params: dict | None = None) -> Graph:
@@ -80,7 +89,10 @@ def elaborate(program: Program, model: str | None = None, params: dict | None = 
             raise SpecError("E0201", f"no model named `{model}` in {program.path}", None,
                             hint=suggest(model, [m.name for m in models]) or f"models: {', '.join(m.name for m in models)}")
         mdef = found[0]
-    return Elaborator(program).model(mdef, params or {})
+    try:
+        return Elaborator(program).model(mdef, params or {})
+    except RecursionError:
+        raise too_deep(program.path, mdef.span) from None
 
 
 class Elaborator:
@@ -88,6 +100,13 @@ class Elaborator:
         self.program = program
         self.depth: list[str] = []
         self.node_count = 0
+        self.steps = 0
+
+    def _step(self, span) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise SpecError("E0502", f"the model unrolls into more than {MAX_STEPS} steps (loop iterations and block "
+                            "instances)", span, hint="check the repeat counts and the recursion of blocks")
 
     # ================================================================== model
     def model(self, mdef: ast.ModelDef, overrides: dict) -> Graph:
@@ -98,6 +117,8 @@ class Elaborator:
             raise SpecError("E0506", f"model `{mdef.name}` is empty", mdef.span,
                             hint="a model needs at least an `input` and an `output`")
         scope = Scope(graph, ())
+        for decl in mdef.params:  # they become arguments of the generated __init__
+            _check_reserved(decl.name, decl.span, "a model parameter")
         graph.params = self._bind_params(mdef.params, [], dict(overrides), mdef.span, scope, mdef.name,
                                          from_user=True)
         graph.param_decls = [(p.name, p.type) for p in mdef.params]  # type: ignore[attr-defined]
@@ -165,6 +186,7 @@ class Elaborator:
             if not in_model:
                 raise SpecError("E0508", f"`{kind}` declarations belong in a model; a block takes its inputs in its "
                                 "signature", stmt.span, hint="write `block Name(params) (x: [N, C]) { ... }`")
+            _check_reserved(stmt.name, stmt.span, f"an {kind}" if kind == "input" else f"a {kind}")
             self._declare(scope, stmt.name, stmt.span)
             ttype = self._tensor_type(stmt.type, scope, bind_symbols=True, owner=stmt.name)
             node = Node(graph.fresh_id(stmt.name), kind, [], {"name": stmt.name}, [ttype], span=stmt.span,
@@ -198,6 +220,7 @@ class Elaborator:
                 if isinstance(v, Instance):
                     raise SpecError("E0410", f"`{name}` would hold a layer, not a value: use `let {name} = ...` for a "
                                     "shared instance, or give it its input", stmt.span)
+                scope.defined.setdefault(name, stmt.span)
                 self._check_assignable(scope, name, stmt.span)
                 scope.vars[name] = v
             if len(stmt.targets) == 1 and isinstance(value, Tensor):
@@ -214,8 +237,12 @@ class Elaborator:
             is_loss = isinstance(stmt, ast.LossStmt)
             kind = "loss" if is_loss else "metric"
             table = graph.losses if is_loss else graph.metrics
-            if stmt.name in table:
-                raise SpecError("E0203", f"{kind} `{stmt.name}` is defined twice", stmt.span)
+            if stmt.name in graph.losses or stmt.name in graph.metrics or stmt.name in graph.outputs:
+                first = graph.nodes[table[stmt.name][0]].span
+                raise SpecError("E0203", f"{kind} `{stmt.name}` is defined twice", stmt.span,
+                                notes=[f"the first `{stmt.name}` is at {first}"] if first else [],
+                                hint=f"give each {kind} its own name; several losses are summed into `loss`"
+                                if is_loss else f"give each {kind} its own name")
             before = len(graph.nodes)
             value = self._expr(stmt.value, scope)
             t = self._tensor(value, stmt.value, f"{kind} `{stmt.name}`", scope)
@@ -235,7 +262,7 @@ class Elaborator:
                 raise SpecError("E0508", "`output` belongs in a model; a block gives its result with `return`",
                                 stmt.span)
             for item in stmt.items:
-                if item.name in graph.outputs:
+                if item.name in graph.outputs or item.name in graph.losses or item.name in graph.metrics:
                     raise SpecError("E0203", f"output `{item.name}` is declared twice", item.span)
                 if item.value is not None:
                     before = len(graph.nodes)
@@ -259,16 +286,22 @@ class Elaborator:
                     raise SpecError("E0503", f"`for` range bounds must be compile-time ints, found {_kind(v)}", e.span,
                                     found=_show(v), expected="an int")
             if stop - start > MAX_REPEAT:
-                raise SpecError("E0502", f"`for` repeats {stop - start} times; the limit is {MAX_REPEAT}", stmt.span,
+                where = stmt.span
+                if stmt.start.span and stmt.stop.span:
+                    where = Span(stmt.start.span.file, stmt.start.span.line, stmt.start.span.col,
+                                 stmt.stop.span.end_line, stmt.stop.span.end_col)
+                raise SpecError("E0502", f"`for` repeats {stop - start} times; the limit is {MAX_REPEAT}", where,
+                                found=f"{start}..{stop}", expected=f"at most {MAX_REPEAT} iterations",
                                 hint="a model this deep is almost surely a mistake in the range")
             for i in range(start, stop):
+                self._step(stmt.span)
                 scope.vars[stmt.var] = i
                 self._run_nested(stmt.body, scope)
                 if scope.returned is not None:
                     break
         elif isinstance(stmt, ast.IfStmt):
             for cond, body in stmt.branches:
-                c = self._const(cond, scope, "an `if` condition")
+                c = self._condition(cond, scope)
                 if not isinstance(c, bool):
                     raise SpecError("E0501", f"`if` needs a compile-time true/false, found {_kind(c)}", cond.span,
                                     found=_show(c), hint="to choose per element at run time, use where(cond, a, b)")
@@ -287,10 +320,28 @@ class Elaborator:
             self._stmt(stmt, scope, in_model=scope.block is None and scope.path == () and not scope.graph.name.startswith("scan:"))
 
     def _declare(self, scope: Scope, name: str, span) -> None:
+        first = scope.defined.get(name)
+        notes = [f"the first `{name}` is at {first}"] if first else []
+        if name in scope.vars and isinstance(scope.vars[name], Sym) and scope.vars[name] == Sym.var(name):
+            raise SpecError("E0203", f"`{name}` is already defined as a dimension of an input", span, notes=notes,
+                            hint="choose another name")
         if name in scope.vars and not isinstance(scope.vars[name], int | float | bool | str | list | tuple | Sym):
-            raise SpecError("E0203", f"`{name}` is already defined", span)
+            raise SpecError("E0203", f"`{name}` is already defined", span, notes=notes, hint="choose another name")
         if name in scope.vars:
-            raise SpecError("E0203", f"`{name}` is already defined as a parameter", span)
+            raise SpecError("E0203", f"`{name}` is already defined as a parameter", span, notes=notes)
+        scope.defined[name] = span
+
+    def _condition(self, cond, scope: Scope):
+        """The value of an `if` condition, which must be decided at compile time."""
+        c = self._expr(cond, scope)
+        if isinstance(c, Tensor):
+            raise SpecError("E0501", "an `if` condition must be known at compile time, but it is a tensor", cond.span,
+                            found=str(c.type), expected="a compile-time true/false (parameters, dimensions)",
+                            hint="`if` chooses the model's structure when it compiles; to choose per element at "
+                                 "run time, use where(cond, a, b)")
+        if isinstance(c, Instance):
+            raise SpecError("E0501", f"an `if` condition must be a value, but `{c.target}` is a layer", cond.span)
+        return c
 
     def _check_assignable(self, scope: Scope, name: str, span) -> None:
         old = scope.vars.get(name)
@@ -310,6 +361,7 @@ class Elaborator:
             if isinstance(d, ast.Name) and d.id not in scope.vars and bind_symbols:
                 if d.id in REGISTRY or d.id in self.program.blocks:
                     raise SpecError("E0206", f"`{d.id}` names an op; choose another symbol name", d.span)
+                _check_reserved(d.id, d.span, "a dimension")
                 sym = Sym.var(d.id)
                 scope.vars[d.id] = sym
                 dims.append(sym)
@@ -374,6 +426,10 @@ class Elaborator:
             if not (is_identifier(part) or part.isdigit()):
                 raise SpecError("E0206", f"`{part}` is not a valid layer name", span,
                                 hint="names are identifiers (letters, digits, _) or plain numbers")
+        if path.split(".")[0].isdigit():  # the generated module itself cannot be indexed (self[0])
+            raise SpecError("E0206", f"`{path.split('.')[0]}` cannot name a layer of the model itself: a number names "
+                            "an item of a list inside a block", span,
+                            hint='use an identifier (name="layer" + str(i)), or put the repeat inside a block')
         existing = graph.modules.get(path)
         if existing is not None:
             if owner is not None and existing.owner is owner:
@@ -394,7 +450,8 @@ class Elaborator:
         v = self._expr(expr, scope)
         if isinstance(v, Tensor):
             raise SpecError("E0501", f"{what} must be known at compile time, but it is a tensor", expr.span,
-                            found=str(v.type), hint="compile-time values are numbers, parameters and dimensions")
+                            found=str(v.type), expected="a compile-time value",
+                            hint="compile-time values are numbers, parameters and dimensions")
         if isinstance(v, Instance):
             raise SpecError("E0501", f"{what} must be a value, but `{v.target}` is a layer", expr.span)
         return v
@@ -444,7 +501,7 @@ class Elaborator:
                 return -v
             raise SpecError("E0413", f"cannot negate {_kind(v)}", e.span)
         if isinstance(e, ast.IfExpr):
-            c = self._const(e.cond, scope, "an `if` condition")
+            c = self._condition(e.cond, scope)
             if not isinstance(c, bool):
                 raise SpecError("E0501", f"`if` needs a compile-time true/false, found {_kind(c)}", e.cond.span,
                                 found=_show(c), hint="to choose per element at run time, use where(cond, a, b)")
@@ -482,7 +539,8 @@ class Elaborator:
         candidates = list(scope.vars) + list(self.program.blocks) + list(REGISTRY)
         where = f"block `{scope.block.name}`" if scope.block else "this model"
         raise SpecError("E0201", f"`{name}` is not defined in {where}", span,
-                        hint=suggest(name, candidates))
+                        hint=suggest(name, candidates) or "define it above this line, or declare it as a parameter: "
+                        f"{'block' if scope.block else 'model'} Name({name}: int = ...)")
 
     # ------------------------------------------------------------------ binary operators
     def _binop(self, e: ast.BinOp, scope: Scope):
@@ -506,7 +564,7 @@ class Elaborator:
             a = self._as_tensor(lhs, e.lhs, scope)
             b = self._as_tensor(rhs, e.rhs, scope)
             return self._emit(scope, op, [a, b], {}, e.span)[0]
-        return _const_binop(e, lhs, rhs)
+        return _bounded(_const_binop(e, lhs, rhs), e.span)
 
     def _as_tensor(self, v, expr, scope: Scope) -> Tensor:
         if isinstance(v, Tensor):
@@ -580,10 +638,18 @@ class Elaborator:
             if kwargs or any(not isinstance(a, Tensor) for a in args):
                 raise SpecError("E0406", f"`{name}` is a layer instance: call it with tensors only", call.span)
             return self._call_instance(target, args, scope, call.span)
-        if name in scope.vars and not isinstance(target, Instance):
-            raise SpecError("E0414", f"`{name}` is a {_kind(target)}, not an op or block", call.span)
+        if name in scope.vars and not isinstance(target, Instance) and not (
+                name in REGISTRY or name in self.program.blocks or name in BUILTINS or name in ("scan", "fail")):
+            # a value never hides an op: `dropout: float` as a parameter and dropout(p=dropout) both work
+            raise SpecError("E0414", f"`{name}` is {_kind(target)}, not an op or block", call.span)
         if name == "scan":
             return self._scan(call, args, kwargs, scope)
+        if name == "fail" and name not in scope.vars:
+            message = args[0] if len(args) == 1 and isinstance(args[0], str) and not kwargs else None
+            if message is None:
+                raise SpecError("E0406", "fail() takes one string: fail(\"what went wrong\")", call.span)
+            raise SpecError("E0510", message, call.span,
+                            notes=[f"in block `{scope.block.name}`"] if scope.block else [])
         if name in BUILTINS and not any(isinstance(a, Tensor) for a in args):
             return _builtin(name, args, kwargs, call.span)
         if name in TENSOR_BUILTINS and any(isinstance(a, Tensor) for a in args):
@@ -591,7 +657,10 @@ class Elaborator:
         if name in self.program.blocks:
             return self._call_block(self.program.blocks[name], args, kwargs, scope, call.span, kw_spans)
         op = REGISTRY.get(name)
-        if op is None or op.name in ("input", "target", "parameter"):
+        if op is not None and (op.category in ("graph", "backward") or op.name == "getitem"):
+            raise SpecError("E0204", f"`{name}` is internal to the compiler and cannot be called in a spec", call.span,
+                            hint="index with x[...]" if name == "getitem" else "run `nnspec ops` for the list of ops")
+        if op is None:
             hint = suggest(name, list(REGISTRY) + list(self.program.blocks) + [v for v, x in scope.vars.items()
                                                                                   if isinstance(x, Instance)])
             raise SpecError("E0204", f"unknown op or block `{name}`", call.span,
@@ -645,8 +714,13 @@ class Elaborator:
                 owner = scope.owner
             self._claim(scope, mname, span, owner)
             module = ".".join(scope.path + (mname,))
-            self._register_module(scope, module, op.name, op.module(in_types, attrs), op.params(in_types, attrs),
-                                  span, owner if owner is not None else (instance.token if instance else None))
+            try:
+                self._register_module(scope, module, op.name, op.module(in_types, attrs), op.params(in_types, attrs),
+                                      span, owner if owner is not None else (instance.token if instance else None))
+            except SpecError as err:
+                if err.code == "E0311":  # a shared layer called again: show what it is given this time
+                    err.notes.extend(ctx.input_notes)
+                raise
         elif name_arg is not None:
             pass  # a name on a parameter-free op only labels the value
         outs = self._emit(scope, op.name, tensors, attrs, span, module=module)
@@ -676,7 +750,7 @@ class Elaborator:
     def _input_notes(self, scope: Scope, tensors) -> list[str]:
         notes = []
         graph = scope.graph
-        for t in tensors:
+        for k, t in enumerate(tensors):
             node = graph.nodes.get(t.ref[0])
             if node is None or node.op == "constant":
                 continue
@@ -686,7 +760,8 @@ class Elaborator:
                 if cur.span is not None:
                     trail.append(f"{cur.op} at line {cur.span.line}")
                 cur = graph.nodes.get(cur.inputs[0][0]) if cur.inputs else None
-            name = f"`{node.label}`" if node.label else "the input"
+            ordinal = ("first", "second", "third")[k] if len(tensors) > 1 and k < 3 else None
+            name = f"`{node.label}`" if node.label else f"the {ordinal} input" if ordinal else "the input"
             where = f" ({', '.join(reversed(trail))})" if trail else ""
             notes.append(f"{name} is {t.type} here{where}")
         return notes
@@ -698,6 +773,10 @@ class Elaborator:
         _pre_check(op, ctx, in_types, attrs)
         outs = op.shape(ctx, in_types, attrs)
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        for t in outs:
+            if any(is_concrete(d) and d < 0 for d in t.shape):
+                ctx.fail("E0310", f"{op_name} would produce a negative size: {shape_str(t.shape)}", found=str(t),
+                         hint="check the sizes, strides and paddings given to this op")
         graph = scope.graph
         node = Node(graph.fresh_id(op_name), op_name, [t.ref for t in inputs], dict(attrs), outs, module=module,
                     span=span, path=scope.path)
@@ -743,6 +822,7 @@ class Elaborator:
         return self._instantiate(block, consts, kwargs, tensors, scope, span, name, scope.owner)
 
     def _instantiate(self, block: ast.BlockDef, consts, kwargs, tensors, scope: Scope, span, name: str, owner):
+        self._step(span)
         if len(self.depth) >= MAX_BLOCK_DEPTH:
             chain = " -> ".join(self.depth[-4:] + [block.name])
             raise SpecError("E0504", f"block `{block.name}` calls itself without end (nesting deeper than "
@@ -782,8 +862,8 @@ class Elaborator:
             raise SpecError("E0302", f"rank mismatch: block `{block.name}` expects `{bin_.name}` of rank {len(pattern)}, "
                             f"found {t.type}", span, found=shape_str(t.type.shape),
                             expected="[" + ", ".join(_dim_text(d) for d in pattern) + "]",
-                            notes=[f"`{block.name}` is declared at {block.span}"] if block.span else [])
-        for d, actual in zip(pattern, t.type.shape):
+                            notes=[f"`{bin_.name}` is declared at {bin_.span or block.span}"])
+        for axis, (d, actual) in enumerate(zip(pattern, t.type.shape)):
             if isinstance(d, ast.Name) and d.id == "_":
                 continue
             if isinstance(d, ast.Name) and d.id not in inner.vars:
@@ -792,9 +872,13 @@ class Elaborator:
             want = self._const(d, inner, "a dimension")
             if want != actual:
                 kind = "E0301" if is_concrete(want) and is_concrete(actual) else "E0303"
-                raise SpecError(kind, f"block `{block.name}` expects `{bin_.name}` to have {_dim_text(d)} = {want} there, "
+                what = f"size {want}" if isinstance(d, ast.Num) else f"{_dim_text(d)} = {want}"
+                raise SpecError(kind, f"block `{block.name}` expects `{bin_.name}` to have {what} at dimension {axis}, "
                                 f"found {actual}", span, found=shape_str(t.type.shape),
-                                expected="[" + ", ".join(_dim_text(x) for x in pattern) + "]")
+                                expected="[" + ", ".join(_dim_text(x) for x in pattern) + "]",
+                                notes=[f"`{bin_.name}` is declared at {bin_.span or block.span}"]
+                                + ([f"`{_dim_text(d)}` = {want} was bound by an earlier input or parameter"]
+                                   if isinstance(d, ast.Name) else []))
 
     # ------------------------------------------------------------------ scan
     def _scan(self, call: ast.Call, args, kwargs, scope: Scope):
@@ -813,7 +897,16 @@ class Elaborator:
                             hint=suggest(key, ["axis", "steps", "reverse"]))
         axis = kwargs.get("axis", 1)
         steps = kwargs.get("steps")
-        reverse = bool(kwargs.get("reverse", False))
+        reverse = kwargs.get("reverse", False)
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise SpecError("E0401", f"scan's axis must be an int, found {_kind(axis)}", call.span,
+                            found=_show(axis), expected="an int, e.g. axis=1")
+        if not isinstance(reverse, bool):
+            raise SpecError("E0401", f"scan's reverse must be true or false, found {_kind(reverse)}", call.span,
+                            found=_show(reverse), expected="true or false")
+        if isinstance(steps, int) and not isinstance(steps, bool) and steps < 1:
+            raise SpecError("E0401", f"scan's steps must be at least 1, found {steps}", call.span,
+                            found=str(steps), expected="an int >= 1")
         if steps is None:
             if not tensors:
                 raise SpecError("E0415", "scan needs a sequence to scan over, or steps=N", call.span)
@@ -943,8 +1036,9 @@ def _const_binop(e: ast.BinOp, lhs, rhs):
         if op == "**":
             if isinstance(lhs, Sym) or isinstance(rhs, Sym):
                 raise TypeError
-            if isinstance(rhs, int) and isinstance(lhs, int) and abs(rhs) > 64 and abs(lhs) > 1:
-                raise SpecError("E0413", f"`{lhs} ** {rhs}` is too large", e.span)
+            if isinstance(rhs, int) and isinstance(lhs, int) and abs(lhs) > 1 and (
+                    abs(rhs) > 64 or rhs * abs(lhs).bit_length() > MAX_INT_BITS):
+                raise SpecError("E0413", f"the power {_short(lhs)} ** {rhs} is too large", e.span)
             result = lhs ** rhs
             if isinstance(result, complex):
                 raise TypeError
@@ -1001,9 +1095,32 @@ def _builtin(name: str, args, kwargs, span):
             return sum(v)
     except SpecError:
         raise
-    except (TypeError, ValueError, OverflowError):
+    except OverflowError:
+        raise SpecError("E0413", f"{name}({', '.join(_short(a) for a in args)}) is too large", span) from None
+    except ValueError:
+        if name in ("sqrt", "log", "int", "float") and len(args) == 1 and isinstance(args[0], (int, float)):
+            raise SpecError("E0413", f"{name}({_short(args[0])}) is not defined", span) from None
+    except TypeError:
         pass
     raise SpecError("E0413", f"{name}() cannot take {', '.join(_kind(a) for a in args) or 'no arguments'}", span)
+
+
+def _short(v) -> str:
+    """A compile-time value for a message, cut short when huge."""
+    text = repr(v) if not (isinstance(v, int) and v.bit_length() > 200) else f"a {len(str(abs(v)))}-digit number"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bounded(v, span):
+    """A compile-time result, refused when it has grown out of all proportion (sizes, lists, polynomials)."""
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > MAX_INT_BITS:
+        raise SpecError("E0413", f"number too large ({v.bit_length()} bits)", span)
+    if isinstance(v, (str, list)) and len(v) > MAX_VALUE_LEN:
+        raise SpecError("E0502", f"a compile-time value of {len(v)} elements is too large (limit {MAX_VALUE_LEN})", span)
+    if isinstance(v, Sym) and (len(v.terms) > 1000 or any(len(m) > 64 for m in v.terms)
+                               or any(abs(c).bit_length() > MAX_INT_BITS for c in v.terms.values())):
+        raise SpecError("E0413", "symbolic dimension too large to track", span)
+    return v
 
 
 def _check_param_type(d: ast.ParamDecl, value, span, owner):
@@ -1033,9 +1150,15 @@ def _name_of(v, span) -> str | None:
         raise SpecError("E0206", f"name= takes a string or an int, found {_kind(v)}", span)
     s = str(v)
     if not (is_identifier(s) or s.isdigit()):
-        raise SpecError("E0206", f"`{s}` is not a valid layer name", span,
+        raise SpecError("E0206", f"{f'`{s}`' if s.isprintable() else repr(s)} is not a valid layer name", span,
                         hint="names are identifiers (letters, digits, _) or plain numbers")
     return s
+
+
+def _check_reserved(name: str, span, what: str) -> None:
+    if name in RESERVED_NAMES:
+        raise SpecError("E0206", f"`{name}` cannot name {what}: it is reserved in the generated Python code", span,
+                        hint=f"choose another name, e.g. `{name}_`")
 
 
 def _snake(name: str) -> str:

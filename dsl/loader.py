@@ -42,7 +42,11 @@ def builtin_specs() -> dict[str, Path]:
 def resolve_spec(ref: str) -> Path:
     """A path, or the name of a built-in spec."""
     p = Path(ref)
-    if p.exists():
+    try:
+        exists = p.exists()
+    except (OSError, ValueError):  # a NUL byte or an over-long name
+        raise SpecError("E0601", f"not a usable file name: {printable(ref)!r}"[:300], None) from None
+    if exists:
         if p.is_dir():
             raise SpecError("E0601", f"{ref} is a folder, not a spec file", None)
         return p
@@ -58,17 +62,34 @@ def resolve_spec(ref: str) -> Path:
 
 def display_path(p: Path) -> str:
     try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
+        return printable(str(p.resolve().relative_to(Path.cwd().resolve())))
     except ValueError:
         try:
-            return "specs/" + str(p.resolve().relative_to(SPECS_DIR))
+            return printable("specs/" + str(p.resolve().relative_to(SPECS_DIR)))
         except ValueError:
-            return str(p)
+            return printable(str(p))
+
+
+def printable(name: str) -> str:
+    """A file name as shown in messages and generated comments: control characters (a newline in a file
+    name could end a comment in the generated code) are written as escapes."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
+MAX_FILE_BYTES = 2_000_000  # the parser's limit too; checked before reading, so /dev/zero cannot fill memory
 
 
 def read_text(path: Path, shown: str, span: Span | None = None) -> str:
     try:
-        data = path.read_bytes()
+        if not path.is_file():
+            raise SpecError("E0601", f"{shown} is not a regular file", span)
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SpecError("E0104", f"{shown} is too large ({size} bytes; the limit is {MAX_FILE_BYTES})", span)
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise SpecError("E0601", f"cannot read {shown}: {e.strerror or e}", span) from None
     try:
@@ -95,7 +116,7 @@ def load(ref: str | Path, text: str | None = None) -> Program:
         text = read_text(path, shown)
     else:
         path = Path(str(ref))
-        shown = str(ref)
+        shown = printable(str(ref))
     sources = SourceCache()
     sources.add(shown, text)
     program = Program(root=ast.Module([]), sources=sources, path=shown)
@@ -150,8 +171,11 @@ def _add_blocks(program: Program, module: ast.Module) -> None:
 def _find_import(imp: ast.ImportStmt, importer: Path) -> Path:
     candidates = [importer.parent / imp.path, SPECS_DIR / imp.path]
     for c in candidates:
-        if c.is_file():
-            return c
+        try:
+            if c.is_file():
+                return c
+        except (OSError, ValueError):  # a NUL byte or an over-long name cannot be a file
+            continue
     raise SpecError("E0601", f"cannot find imported file \"{imp.path}\"", imp.span,
                     notes=["looked in: " + ", ".join(display_path(c.parent) or "." for c in candidates)],
                     hint="paths are relative to the importing file, or to the built-in specs/ folder")

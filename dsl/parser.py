@@ -6,6 +6,7 @@ lark exception). The transformer runs after `parse()` so that every node knows i
 from __future__ import annotations
 
 import ast as pyast
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import lark
 from lark import Transformer, v_args
 
 from nnspec.dsl import ast
-from nnspec.errors import Span, SpecError
+from nnspec.errors import Span, SpecError, too_deep
 
 GRAMMAR_PATH = Path(__file__).resolve().parent.parent / "grammar.lark"
 
@@ -49,8 +50,9 @@ def _terminal_text(name: str) -> str:
     return name.lower()
 
 
-def _expected(names) -> str:
-    texts = sorted({_terminal_text(n) for n in names})
+def _expected(names, closers_first: bool = False) -> str:
+    closers = ("`}`", "`)`", "`]`") if closers_first else ()  # at the end of a file, a missing closer is likeliest
+    texts = sorted({_terminal_text(n) for n in names}, key=lambda t: (t not in closers, t))
     if len(texts) > 8:
         texts = texts[:8] + ["..."]
     return ", ".join(texts)
@@ -72,18 +74,41 @@ def parse_text(text: str, path: str = "<spec>") -> ast.Module:
         hint = None
         if char == "'":
             hint = "strings use double quotes: \"...\""
+        if char == '"' and _STRING_RE.match(text, e.pos_in_stream) is None:
+            rest = text[e.pos_in_stream:].split("\n", 1)[0]
+            raise SpecError("E0101", "unterminated string", Span(path, e.line, e.column, e.line, e.column + len(rest)),
+                            expected="a closing `\"` on the same line", found=rest,
+                            hint="a string ends on the line where it starts") from None
         raise SpecError("E0101", f"unexpected character {char!r}", span,
                         expected=_expected(e.allowed) if e.allowed else None, hint=hint) from None
     except lark.exceptions.UnexpectedToken as e:
         tok = e.token
         if tok.type == "$END":
-            lines = text.splitlines() or [""]
-            span = Span(path, len(lines), len(lines[-1]) + 1)
-            raise SpecError("E0103", "unexpected end of file", span, expected=_expected(e.expected),
-                            hint="a `{` or `(` may be missing its closing pair") from None
+            lines = text.rstrip("\n").split("\n")  # counted like the parser counts lines
+            span = Span(path, len(lines), len(lines[-1].rstrip("\r")) + 1)
+            opened = _unclosed(text)
+            if opened is not None:
+                ch, line, col = opened
+                raise SpecError("E0103", "unexpected end of file", span, expected=_expected(e.expected, True),
+                                notes=[f"the `{ch}` at line {line}, column {col} is never closed"],
+                                hint=f"add the missing `{_PAIRS[ch]}`") from None
+            raise SpecError("E0103", "unexpected end of file", span, expected=_expected(e.expected, True),
+                            hint="the last statement is incomplete") from None
         width = max(len(str(tok.value)), 1)
         span = Span(path, tok.line, tok.column, tok.line, tok.column + width)
         hint = None
+        before = max((tok.start_pos or 0) - 64, 0)
+        prev = _PREV_WORD.search(text[before:tok.start_pos]) if tok.start_pos is not None else None
+        if prev is not None and prev.group(1) in KEYWORDS and tok.type in ("EQUAL", "COMMA"):
+            kw, at = prev.group(1), before + prev.start(1)
+            line = text.count("\n", 0, at) + 1
+            col = at - (text.rfind("\n", 0, at) + 1) + 1
+            hint = f"choose another name, e.g. `{kw}_value`"
+            if kw in ("loss", "metric"):
+                hint += f"; to declare a {kw}, write `{kw} name = ...`"
+            raise SpecError("E0102", f"`{kw}` is a keyword and cannot be used as a name",
+                            Span(path, line, col, line, col + len(kw)), found=f"`{kw}` followed by `{tok.value}`",
+                            hint=hint) from None
         if tok.type != "NAME" and str(tok.value) in KEYWORDS and "NAME" in e.expected:
             hint = f"`{tok.value}` is a keyword and cannot be used as a name"
         elif tok.type == "EQUAL" and "COMP_OP" in e.expected:
@@ -93,20 +118,55 @@ def parse_text(text: str, path: str = "<spec>") -> ast.Module:
     except lark.exceptions.LarkError as e:  # any other parser failure is still a syntax error
         raise SpecError("E0100", f"cannot parse spec: {e}", Span(path, 1, 1)) from None
     except RecursionError:
-        raise SpecError("E0106", "expression is nested too deeply", Span(path, 1, 1)) from None
+        raise too_deep(path) from None
     try:
         module = _ToAST(path).transform(tree)
     except RecursionError:
-        raise SpecError("E0106", "expression is nested too deeply", Span(path, 1, 1)) from None
+        raise too_deep(path) from None
     except lark.exceptions.VisitError as e:
         if isinstance(e.orig_exc, SpecError):
             raise e.orig_exc from None
         if isinstance(e.orig_exc, RecursionError):
-            raise SpecError("E0106", "expression is nested too deeply", Span(path, 1, 1)) from None
+            raise too_deep(path) from None
         raise
     module.path = path
     module.header = _header_comment(text)
     return module
+
+
+_STRING_RE = re.compile(r'"([^"\\\n]|\\.)*"')
+_PREV_WORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)[ \t]*$")
+_PAIRS = {"{": "}", "(": ")", "[": "]"}
+
+
+def _unclosed(text: str):
+    """The innermost bracket left open at the end of the text, as (char, line, column), or None."""
+    stack = []
+    line, col, i, n = 1, 1, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            col += j - i
+            i = j
+            continue
+        if c == '"':
+            m = _STRING_RE.match(text, i)
+            if m is not None and "\n" not in m.group(0):
+                col += m.end() - i
+                i = m.end()
+                continue
+        if c in _PAIRS:
+            stack.append((c, line, col))
+        elif c in ")]}" and stack and _PAIRS[stack[-1][0]] == c:
+            stack.pop()
+        if c == "\n":
+            line, col = line + 1, 1
+        else:
+            col += 1
+        i += 1
+    return stack[-1] if stack else None
 
 
 def _token_text(tok) -> str:
@@ -124,7 +184,8 @@ def _header_comment(text: str) -> str | None:
     for row in text.splitlines():
         s = row.strip()
         if s.startswith("#"):
-            lines.append(s.lstrip("#").strip())
+            body = s[1:]
+            lines.append((body[1:] if body.startswith(" ") else body).rstrip())  # keep the text's own indentation
         elif s == "" and not lines:
             continue
         else:
@@ -379,7 +440,11 @@ class _ToAST(Transformer):
 
     @v_args(meta=True)
     def int(self, meta, children):
-        return ast.Num(int(str(children[0]).replace("_", "")), self._span(meta))
+        digits = str(children[0]).replace("_", "")
+        if len(digits) > 1000:
+            raise SpecError("E0101", f"integer literal of {len(digits)} digits is too large", self._span(meta),
+                            expected="at most 1000 digits")
+        return ast.Num(int(digits), self._span(meta))
 
     @v_args(meta=True)
     def float(self, meta, children):
@@ -413,7 +478,8 @@ def _callee_name(expr) -> str | None:
 
 def _check_name(tok, tr: _ToAST) -> None:
     if str(tok) in KEYWORDS:
-        raise SpecError("E0102", f"`{tok}` is a keyword and cannot be used as a name", tr._tok_span(tok))
+        raise SpecError("E0102", f"`{tok}` is a keyword and cannot be used as a name", tr._tok_span(tok),
+                        hint=f"choose another name, e.g. `{str(tok).capitalize()}`")
 
 
 def _unquote(tok) -> str:

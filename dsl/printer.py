@@ -49,7 +49,7 @@ def _item(item) -> str:
         return doc + _with_body(f"model {item.name}{_param_list(item.params)}", item.body, 0)
     if isinstance(item, ast.BlockDef):
         inputs = ", ".join(_block_input(i) for i in item.inputs)
-        return doc + _with_body(f"block {item.name}{_param_list(item.params)}({inputs})", item.body, 0)
+        return doc + _with_body(f"block {item.name}{_param_list(item.params)} ({inputs})", item.body, 0)
     raise TypeError(f"not a module item: {item!r}")
 
 

@@ -9,3 +9,8 @@ if importlib.util.find_spec("nnspec") is None:  # not installed: link the checko
     module = importlib.util.module_from_spec(spec)
     sys.modules["nnspec"] = module
     spec.loader.exec_module(module)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite the golden files (error messages, DOT renders) from the current output")

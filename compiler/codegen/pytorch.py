@@ -23,7 +23,7 @@ from nnspec.compiler.shapes import Sym, shape_str
 
 VERSION = "0.1.0"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-RESERVED = set(dir(builtins)) | set(keyword.kwlist) | {"self", "torch", "nn", "F", "math", "return_losses", "loss",
+RESERVED = set(dir(builtins)) | set(keyword.kwlist) | {"self", "torch", "nn", "F", "math", "inf", "nan", "return_losses", "loss",
                                                         "result"}
 
 
@@ -32,7 +32,7 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
                              trim_blocks=False, lstrip_blocks=False, undefined=jinja2.StrictUndefined,
                              autoescape=False)
-    env.filters["pyrepr"] = repr
+    env.filters["pyrepr"] = py_literal
     return env
 
 
@@ -408,6 +408,11 @@ class _Emitter:
             self._keep((node.id, k), name)
 
 
+def params_dtype(graph: Graph) -> str:
+    """The model's float dtype when no input is a float tensor (token ids): its parameters' dtype."""
+    return "next(self.parameters()).dtype" if graph.modules else "torch.get_default_dtype()"
+
+
 def _shape_comment(t) -> str:
     inner = ", ".join(str(d) for d in t.shape)
     if len(t.shape) == 1:
@@ -471,7 +476,7 @@ def generate(graph: Graph, class_name: str | None = None) -> str:
     first_float = next((graph.nodes[i] for i in graph.inputs if graph.nodes[i].outputs[0].is_float), None)
     ref_input = first_float or (graph.nodes[graph.inputs[0]] if graph.inputs else None)
     device = f"{ref_input.attrs['name']}.device" if ref_input is not None else "None"
-    dtype = f"{first_float.attrs['name']}.dtype" if first_float is not None else "torch.get_default_dtype()"
+    dtype = f"{first_float.attrs['name']}.dtype" if first_float is not None else params_dtype(graph)
     em = _Emitter(graph, names, device, dtype, indent="")
     for nid in graph.inputs + graph.targets:
         name = graph.nodes[nid].attrs["name"]
@@ -537,5 +542,18 @@ def generate(graph: Graph, class_name: str | None = None) -> str:
 
 
 def _doc_safe(text: str) -> str:
-    """Text placed inside a generated docstring: no way to close it or escape from it."""
-    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    """Text placed inside a generated docstring: no way to close it or escape from it (every backslash and
+    every quote is escaped, so no run of quotes can end the docstring)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def py_literal(v) -> str:
+    """repr() for the values of spec parameters; infinities and NaN become math.inf / math.nan."""
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return "math.nan" if v != v else ("math.inf" if v > 0 else "-math.inf")
+    if isinstance(v, (list, tuple)):
+        inner = ", ".join(py_literal(x) for x in v)
+        return f"[{inner}]" if isinstance(v, list) else (f"({inner},)" if len(v) == 1 else f"({inner})")
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{py_literal(k)}: {py_literal(x)}" for k, x in v.items()) + "}"
+    return repr(v)

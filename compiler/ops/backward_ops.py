@@ -38,6 +38,18 @@ register("zeros_like", inputs=("x",), shape=_same(0), kind="elementwise", catego
          lower=lambda i, a, c: f"torch.zeros_like({i[0]})", doc="zeros shaped like x (a missing gradient)")
 
 
+def _py(v) -> str:
+    """A Python literal for an attribute value; infinities and NaN become math.inf / math.nan."""
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return "math.nan" if v != v else ("math.inf" if v > 0 else "-math.inf")
+    if isinstance(v, tuple):
+        inner = ", ".join(_py(x) for x in v)
+        return f"({inner},)" if len(v) == 1 else f"({inner})"
+    if isinstance(v, list):
+        return "[" + ", ".join(_py(x) for x in v) + "]"
+    return repr(v)
+
+
 def _saved_key(ref) -> str:
     return f"{ref[0]}" if ref[1] == 0 else f"{ref[0]}:{ref[1]}"
 
@@ -76,9 +88,11 @@ for _name, _inputs, _outs, _doc in (
     ("loss_grad3", ("g", "a", "b", "c"), (1, 2, 3), "dL/d inputs of a three-input loss"),
     ("pair_grad", ("g", "a", "b"), (1, 2), "gradients of a two-input similarity or distance"),
     ("reduce_grad", ("g", "x", "out"), (1,), "gradient of max/min/var/std/norm/logsumexp/prod reductions"),
+    ("dropout_grad", ("g", "x", "out"), (1,), "gradient of (alpha) dropout: the kept elements' scale, read off the "
+     "forward input and output"),
 ):
     register(_name, inputs=_inputs, attrs=(Attr("op", "str"), Attr("attrs", "any", None)),
              shape=_like_inputs(*_outs), kind="opaque", category="backward", nondiff_inputs=tuple(range(len(_inputs))),
              optional_inputs=1 if _name.endswith("norm_grad") else 0,
-             lower=lambda i, a, c, _name=_name: f"_{_name}({', '.join(i)}, {a['op']!r}, {a['attrs']!r}"
+             lower=lambda i, a, c, _name=_name: f"_{_name}({', '.join(i)}, {a['op']!r}, {_py(a['attrs'])}"
              + (f", {c.module})" if _name.endswith("norm_grad") else ")"), doc=_doc)

@@ -378,11 +378,8 @@ def _prelu(b, node, g):
 
 @rule("dropout", "alpha_dropout", "dropout2d")
 def _dropout(b, node, g):
-    # out = x * mask * scale: the factor out/x is mask*scale wherever x != 0 (see the docs on dropout)
-    x, y = b.input_value(0), b.output_value()
-    nz = b.op("ne", [x, _zero(b)])
-    factor = _where(b, nz, b.div(y, _where(b, nz, x, b.const(1.0))), _zero(b))
-    return [b.mul(g[0], factor)]
+    # the mask is not kept: dropout's scale per element is read off its input and output (see _dropout_grad)
+    return [b.op("dropout_grad", [g[0], b.input_value(0), b.output_value()], op=node.op, attrs=node.attrs["p"])]
 
 
 # ------------------------------------------------------------------------------ reductions
@@ -409,24 +406,16 @@ def _reduce(b, node, g):
 def _matmul(b, node, g):
     x, w = b.input_value(0), b.input_value(1)
     tx, tw = b.fwd.type_of(node.inputs[0]), b.fwd.type_of(node.inputs[1])
-    if tx.rank == 1 or tw.rank == 1:
-        gg = g[0]
-        x2 = b.op("unsqueeze", [x], dim=0) if tx.rank == 1 else x
-        w2 = b.op("unsqueeze", [w], dim=-1) if tw.rank == 1 else w
-        if tx.rank == 1:
-            gg = b.op("unsqueeze", [gg], dim=-2 if tw.rank > 1 else 0)
-        if tw.rank == 1:
-            gg = b.op("unsqueeze", [gg], dim=-1)
-        dx = b.op("matmul", [gg, b.op("transpose", [w2], dim0=-2, dim1=-1)])
-        dw = b.op("matmul", [b.op("transpose", [x2], dim0=-2, dim1=-1), gg])
-        dx = b.reshape(b.sum_to(dx, b.type(dx).shape[:-2] + tuple(b.type(x2).shape[-2:])) if b.type(dx).rank > 2 else dx, tx.shape) \
-            if tx.rank == 1 else b.sum_to(dx, tx.shape)
-        dw = b.reshape(b.sum_to(dw, tuple(b.type(w2).shape)) if b.type(dw).rank > 2 else dw, tw.shape) \
-            if tw.rank == 1 else b.sum_to(dw, tw.shape)
-        return [dx, dw]
-    dx = b.op("matmul", [g[0], b.op("transpose", [w], dim0=-2, dim1=-1)])
-    dw = b.op("matmul", [b.op("transpose", [x], dim0=-2, dim1=-1), g[0]])
-    return [b.sum_to(dx, tx.shape), b.sum_to(dw, tw.shape)]
+    # a vector operand is a matrix with one row (left) or one column (right), as torch treats it
+    x2 = b.op("unsqueeze", [x], dim=0) if tx.rank == 1 else x
+    w2 = b.op("unsqueeze", [w], dim=-1) if tw.rank == 1 else w
+    out2 = b.op("matmul", [x2, w2]) if (tx.rank == 1 or tw.rank == 1) else None
+    g2 = b.reshape(g[0], b.type(out2).shape) if out2 is not None else g[0]
+    dx = b.op("matmul", [g2, b.op("transpose", [w2], dim0=-2, dim1=-1)])
+    dw = b.op("matmul", [b.op("transpose", [x2], dim0=-2, dim1=-1), g2])
+    dx = b.reshape(b.sum_to(dx, b.type(x2).shape), tx.shape)
+    dw = b.reshape(b.sum_to(dw, b.type(w2).shape), tw.shape)
+    return [dx, dw]
 
 
 @rule("outer")
@@ -547,10 +536,9 @@ def _linear(b, node, g):
 @rule("conv1d", "conv2d", "conv3d", "conv_transpose2d")
 def _conv(b, node, g):
     a = node.attrs
-    if a.get("padding_mode", "zeros") != "zeros":
-        raise NotImplementedError(f"no gradient rule for {node.op} with padding_mode={a['padding_mode']!r}")
     transposed = node.op == "conv_transpose2d"
-    attrs = (a["stride"], a["padding"], a["dilation"], a["groups"], transposed, a.get("output_padding", 0))
+    attrs = (a["stride"], a["padding"], a["dilation"], a["groups"], transposed, a.get("output_padding", 0),
+             a.get("padding_mode", "zeros"))
     dx, dw = b.op("conv_backward", [g[0], b.input_value(0), b.param("weight")], op=node.op, attrs=attrs)
     params = {"weight": dw}
     if a["bias"]:

@@ -77,7 +77,7 @@ def _class_shape(ctx, ins, a):
         if y.shape != x.shape:
             ctx.fail("E0301", f"shape mismatch in cross_entropy: probability targets must match the logits {shape_str(x.shape)}",
                      found=shape_str(y.shape), expected=shape_str(x.shape))
-        out = y.with_shape(x.shape[:1] + x.shape[2:])
+        out = y.with_shape(x.shape[:1] + x.shape[2:] if x.rank >= 2 else ())  # unbatched logits: one loss
     else:
         ctx.fail("E0305", f"{ctx.op.name} needs integer class indices as target, found {y.dtype}", found=str(y),
                  expected="an i64 tensor of class indices")
@@ -160,6 +160,9 @@ def _multi_margin_shape(ctx, ins, a):
     x, y = ins
     float_input(ctx, ins, a)
     ctx.check_rank(x, (1, 2))
+    if a["p"] not in (1, 2):
+        ctx.fail("E0401", f"attribute `p` of multi_margin_loss must be 1 or 2, found {a['p']!r}", found=repr(a["p"]),
+                 expected="1 or 2")
     if y.dtype not in ("i32", "i64") or tuple(y.shape) != tuple(x.shape[:-1]):
         ctx.fail("E0301", f"multi_margin_loss needs class indices of shape {shape_str(x.shape[:-1])}",
                  found=str(y), expected=f"i64{shape_str(x.shape[:-1])}")

@@ -4,7 +4,9 @@ becomes a `constant` node, written inline by codegen.
 """
 from __future__ import annotations
 
-from nnspec.compiler.ops.common import broadcast, broadcast_bool, float_input, reduction, same_as_input
+import re
+
+from nnspec.compiler.ops.common import broadcast, broadcast_bool, float_input, number_text, reduction, same_as_input
 from nnspec.compiler.ops.registry import Attr, register
 from nnspec.compiler.shapes import TensorType, broadcast_shapes, numel, shape_str
 
@@ -14,8 +16,14 @@ _BINARY = {
     "div": ("{0} / {1}", "a / b"), "pow": ("{0} ** {1}", "a ** b"),
     "maximum": ("torch.maximum({0}, {1})", "elementwise max"), "minimum": ("torch.minimum({0}, {1})", "elementwise min"),
 }
+def _div_shape(ctx, ins, a):
+    t = broadcast(ctx, ins, a)
+    return t if t.is_float else TensorType("f32", t.shape)  # true division: int / int is a float tensor in torch
+
+
 for _name, (_fmt, _doc) in _BINARY.items():
-    register(_name, inputs=("a", "b"), shape=broadcast, kind="broadcast", category="math", doc=_doc,
+    register(_name, inputs=("a", "b"), shape=_div_shape if _name == "div" else broadcast, kind="broadcast",
+             category="math", doc=_doc,
              lower=lambda i, a, c, _fmt=_fmt: _fmt.format(*i))
 
 for _name, _sym in (("eq", "=="), ("ne", "!="), ("lt", "<"), ("le", "<="), ("gt", ">"), ("ge", ">=")):
@@ -57,10 +65,7 @@ register("masked_fill", inputs=("x", "mask"), attrs=(Attr("value", "number"),), 
          doc="x with value written where mask is true (attention masks)")
 
 
-def _float_text(v) -> str:
-    if isinstance(v, float) and v in (float("inf"), float("-inf")):
-        return "float('inf')" if v > 0 else "float('-inf')"
-    return repr(v)
+_float_text = number_text
 
 
 # ---------------------------------------------------------------------------------- unary
@@ -74,12 +79,27 @@ _UNARY = {
     "floor": ("torch.floor({0})", "round down (gradient 0)"), "round": ("torch.round({0})", "round (gradient 0)"),
     "atanh": ("torch.atanh({0})", "inverse tanh"),
 }
+_INT_PRESERVING = ("neg", "abs", "square", "sign", "floor", "round")  # the others give floats for integer input
+
+
+def _float_result(ctx, ins, a):
+    t = ins[0]
+    return t if t.is_float else TensorType("f32", t.shape)
+
+
 for _name, (_fmt, _doc) in _UNARY.items():
-    register(_name, inputs=("x",), shape=same_as_input, kind="elementwise", category="math", doc=_doc,
+    register(_name, inputs=("x",), shape=same_as_input if _name in _INT_PRESERVING else _float_result,
+             kind="elementwise", category="math", doc=_doc,
              lower=lambda i, a, c, _fmt=_fmt: _fmt.format(*i))
 
+def _clamp_shape(ctx, ins, a):
+    if a["min"] is None and a["max"] is None:  # torch.clamp(x) with no bound is a run-time error
+        ctx.fail("E0407", "clamp needs `min`, `max` or both", expected="clamp(min=0.0) or clamp(max=1.0)")
+    return ins[0]
+
+
 register("clamp", inputs=("x",), attrs=(Attr("min", "float_or_none", None), Attr("max", "float_or_none", None)),
-         shape=same_as_input, kind="elementwise", category="math", doc="limit x to [min, max]",
+         shape=_clamp_shape, kind="elementwise", category="math", doc="limit x to [min, max]",
          lower=lambda i, a, c: f"torch.clamp({i[0]}" + (f", min={a['min']!r}" if a["min"] is not None else "")
          + (f", max={a['max']!r}" if a["max"] is not None else "") + ")")
 
@@ -142,7 +162,14 @@ def _einsum_shape(ctx, ins, a):
     eq = a["equation"].replace(" ", "")
     if "->" not in eq:
         ctx.fail("E0401", "einsum equation needs an explicit '->' output", found=repr(a["equation"]))
+    if not re.fullmatch(r"[A-Za-z]*(,[A-Za-z]*)*->[A-Za-z]*", eq):
+        ctx.fail("E0401", "einsum equation must be letters, commas and one '->'", found=repr(a["equation"]),
+                 expected="e.g. \"bij,bjk->bik\"")
     lhs, out = eq.split("->")
+    missing = sorted(set(out) - set(lhs))
+    if missing or len(set(out)) != len(out):
+        ctx.fail("E0401", "each output letter of an einsum must appear once in the output and in some operand",
+                 found=repr(a["equation"]), hint=f"`{missing[0]}` appears in no operand" if missing else None)
     terms = lhs.split(",")
     if len(terms) != len(ins):
         ctx.fail("E0406", f"einsum equation names {len(terms)} operands, {len(ins)} given", found=repr(a["equation"]))
@@ -171,16 +198,44 @@ _RED = {"sum": "torch.sum", "mean": "torch.mean", "amax": "torch.amax", "amin": 
 def _red_lower(fn, needs_dim=False):
     def lower(i, a, c):
         if a["dim"] is None:
+            if a["keepdim"]:
+                return f"{fn}({i[0]}, dim=tuple(range({i[0]}.dim())), keepdim=True)"
             return f"{fn}({i[0]})" if not needs_dim else f"{fn}({i[0]}, dim=tuple(range({i[0]}.dim())))"
         dim = a["dim"] if isinstance(a["dim"], int) else tuple(a["dim"])
         return f"{fn}({i[0]}, dim={dim!r}" + (", keepdim=True" if a["keepdim"] else "") + ")"
     return lower
 
 
+def _prod_lower(i, a, c):
+    # torch.prod takes one dim: reduce several one at a time, from the last (so earlier indices stay valid)
+    dim, keep = a["dim"], ", keepdim=True" if a["keepdim"] else ""
+    if dim is None and not keep:
+        return f"torch.prod({i[0]})"
+    if isinstance(dim, int):
+        return f"torch.prod({i[0]}, dim={dim}{keep})"
+    rank = max(c.in_types[0].rank, 1)  # a 0-d tensor reduces like a 1-element vector
+    out = i[0]
+    for d in sorted({d % rank for d in (range(rank) if dim is None else dim)}, reverse=True):
+        out = f"torch.prod({out}, dim={d}{keep})"
+    return out
+
+
+def _int_sum_shape(ctx, ins, a):
+    t = reduction(ctx, ins, a)
+    return TensorType("i64", t.shape) if t.dtype in ("bool", "i32") else t  # torch sums bool/int32 as int64
+
+
+def _float_reduction(ctx, ins, a):
+    float_input(ctx, ins, a)  # torch's mean, var, std and norm reject integer tensors
+    return reduction(ctx, ins, a)
+
+
+_RED_SHAPE = {"sum": _int_sum_shape, "prod": _int_sum_shape, "mean": _float_reduction,
+              "logsumexp": lambda ctx, ins, a: _float_result(ctx, [reduction(ctx, ins, a)], a)}
 for _name, _fn in _RED.items():
     register(_name, inputs=("x",), attrs=(Attr("dim", "any", None), Attr("keepdim", "bool", False)),
-             shape=reduction, kind="reduction", category="reduction",
-             lower=_red_lower(_fn, needs_dim=_name in ("logsumexp", "amax", "amin")),
+             shape=_RED_SHAPE.get(_name, reduction), kind="reduction", category="reduction",
+             lower=_prod_lower if _name == "prod" else _red_lower(_fn, needs_dim=_name in ("logsumexp", "amax", "amin")),
              doc=f"{_name} over dim (all dims when none)")
 register("max", inputs=("x",), attrs=(Attr("dim", "any", None), Attr("keepdim", "bool", False)), shape=reduction,
          kind="reduction", category="reduction", lower=_red_lower("torch.amax", True),
@@ -190,13 +245,13 @@ register("min", inputs=("x",), attrs=(Attr("dim", "any", None), Attr("keepdim", 
 for _name in ("var", "std"):
     register(_name, inputs=("x",), attrs=(Attr("dim", "any", None), Attr("keepdim", "bool", False),
                                           Attr("correction", "int", 1)),
-             shape=reduction, kind="reduction", category="reduction",
+             shape=_float_reduction, kind="reduction", category="reduction",
              lower=lambda i, a, c, _n=_name: f"torch.{_n}({i[0]}" + (f", dim={a['dim']!r}" if a["dim"] is not None else "")
              + (f", correction={a['correction']}" if a["correction"] != 1 else "") + (", keepdim=True" if a["keepdim"] else "") + ")",
              doc=f"{_name} over dim (Bessel-corrected by default)")
 register("norm", inputs=("x",), attrs=(Attr("p", "float", 2.0), Attr("dim", "any", None), Attr("keepdim", "bool", False)),
-         shape=reduction, kind="reduction", category="reduction",
-         lower=lambda i, a, c: f"torch.linalg.vector_norm({i[0]}, ord={a['p']!r}" + (f", dim={a['dim']!r}" if a["dim"] is not None else "")
+         shape=_float_reduction, kind="reduction", category="reduction",
+         lower=lambda i, a, c: f"torch.linalg.vector_norm({i[0]}, ord={_float_text(a['p'])}" + (f", dim={a['dim']!r}" if a["dim"] is not None else "")
          + (", keepdim=True" if a["keepdim"] else "") + ")", doc="p-norm over dim")
 
 
@@ -225,18 +280,21 @@ register("cosine_similarity", inputs=("a", "b"), attrs=(Attr("dim", "int", 1), A
 register("pairwise_distance", inputs=("a", "b"), attrs=(Attr("p", "float", 2.0), Attr("eps", "float", 1e-6)),
          shape=lambda ctx, ins, a: reduction(ctx, [broadcast(ctx, ins, a)], {"dim": -1, "keepdim": False}),
          kind="reduction", category="math",
-         lower=lambda i, a, c: f"F.pairwise_distance({i[0]}, {i[1]}, p={a['p']!r})", doc="|a - b|_p along the last dim")
+         lower=lambda i, a, c: f"F.pairwise_distance({i[0]}, {i[1]}, p={_float_text(a['p'])}"
+         + (f", eps={a['eps']!r}" if a["eps"] != 1e-6 else "") + ")", doc="|a - b|_p along the last dim")
 
 
 def _cdist_shape(ctx, ins, a):
     x, y = ins
+    ctx.check_rank(x, (2, 3, 4), "a")
+    ctx.check_rank(y, (2, 3, 4), "b")
     if x.shape[-1] != y.shape[-1]:
         ctx.check_dim(y.shape[-1], x.shape[-1], "cdist: feature sizes differ")
     return TensorType(x.dtype, x.shape[:-1] + (y.shape[-2],))
 
 
 register("cdist", inputs=("a", "b"), attrs=(Attr("p", "float", 2.0),), shape=_cdist_shape, kind="opaque",
-         category="math", lower=lambda i, a, c: f"torch.cdist({i[0]}, {i[1]}, p={a['p']!r})",
+         category="math", lower=lambda i, a, c: f"torch.cdist({i[0]}, {i[1]}, p={_float_text(a['p'])})",
          doc="all pairwise distances between rows of a and rows of b (VQ-VAE codebook lookup)")
 
 # ---------------------------------------------------------------------------------- random sampling

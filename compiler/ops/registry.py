@@ -128,10 +128,24 @@ class OpContext:
                       f"{kind} in {self.op.name}: {message}", found=str(got), expected=str(want), hint=hint)
 
     def axis(self, dim: int, rank: int, what: str = "dim") -> int:
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            self.fail("E0401", f"{what} of {self.op.name} must be an int, found {_type_name(dim)}",
+                      expected=f"an int in [{-rank}, {max(rank - 1, 0)}]", found=repr(dim))
         if not -rank <= dim < max(rank, 1):
             self.fail("E0304", f"{what}={dim} is out of range for a rank-{rank} tensor in {self.op.name}",
                       expected=f"{what} in [{-rank}, {rank - 1}]", found=str(dim))
         return dim % rank if rank else 0
+
+
+    def check_positive(self, a: dict, *names: str, minimum: int = 1) -> None:
+        """Each named attribute (an int or a list of ints; None is skipped) is at least `minimum`."""
+        for name in names:
+            v = a.get(name)
+            values = v if isinstance(v, (list, tuple)) else (v,)
+            if any(isinstance(x, int) and not isinstance(x, bool) and x < minimum for x in values):
+                what = "positive" if minimum == 1 else f"at least {minimum}"
+                self.fail("E0401", f"attribute `{name}` of {self.op.name} must be {what}, found {v!r}",
+                          found=repr(v), expected=f"{'ints' if isinstance(v, (list, tuple)) else 'an int'} >= {minimum}")
 
 
 # ---------------------------------------------------------------------------------- attributes
@@ -157,8 +171,12 @@ def coerce_attr(op: OpDef, attr: Attr, value, span: Span | None):
     """Check a compile-time value against an attribute's type; return the normalised value."""
 
     def bad(expected: str):
+        hint = None
+        if isinstance(value, str) and value.strip().lstrip("-").replace(".", "", 1).isdigit():
+            hint = f"write {attr.name}={value.strip()} without quotes"
         raise SpecError("E0401", f"attribute `{attr.name}` of {op.name} expects {expected}, found {_type_name(value)}",
-                        span, expected=expected, found=repr(value) if not isinstance(value, Sym) else str(value))
+                        span, expected=expected, found=repr(value) if not isinstance(value, Sym) else str(value),
+                        hint=hint)
 
     t = attr.type
     v = value

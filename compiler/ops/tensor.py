@@ -3,6 +3,7 @@ squeeze/unsqueeze, expand, repeat, gather, and tensor creation (zeros, ones, ful
 """
 from __future__ import annotations
 
+from nnspec.compiler.ops.common import number_text
 from nnspec.compiler.ops.registry import Attr, register
 from nnspec.compiler.shapes import Sym, TensorType, is_concrete, numel, shape_str, simplify
 
@@ -16,6 +17,9 @@ def _reshape_shape(ctx, ins, a):
     if -1 in target:
         known = numel([d for d in target if not (is_concrete(d) and d == -1)])
         idx = target.index(-1)
+        if is_concrete(known) and known == 0:
+            ctx.fail("E0310", f"reshape: with a 0 in {shape_str(target)}, the -1 dimension cannot be inferred",
+                     found=shape_str(target), expected="no 0 next to a -1")
         if is_concrete(total) and is_concrete(known):
             if known == 0 or total % known:
                 ctx.fail("E0310", f"reshape: {shape_str(t.shape)} ({total} elements) cannot be viewed as {shape_str(target)}",
@@ -31,12 +35,14 @@ def _reshape_shape(ctx, ins, a):
                 pass
             else:
                 ctx.fail("E0310", f"reshape: {shape_str(t.shape)} ({total} elements) cannot be viewed as "
-                         f"{shape_str(target)} ({got} elements)", found=str(total), expected=str(got))
+                         f"{shape_str(target)} ({got} elements)", found=f"{total} elements",
+                         expected=f"{got} elements", hint="one dimension may be -1 to take what is left")
     return t.with_shape(target)
 
 
 register("reshape", inputs=("x",), attrs=(Attr("shape", "dims"),), shape=_reshape_shape, kind="injective",
-         lower=lambda i, a, c: f"{i[0]}.reshape{c.dims(a['shape'])}", category="tensor",
+         lower=lambda i, a, c: f"{i[0]}.reshape{c.dims(a['shape'])}" if a["shape"] else f"{i[0]}.reshape(())",
+         category="tensor",
          doc="view with a new shape; one dimension may be -1")
 
 
@@ -53,7 +59,8 @@ def _flatten_shape(ctx, ins, a):
 
 register("flatten", inputs=("x",), attrs=(Attr("start_dim", "int", 1), Attr("end_dim", "int", -1)),
          shape=_flatten_shape, kind="injective",
-         lower=lambda i, a, c: f"torch.flatten({i[0]}" + (f", {a['start_dim']}" if (a["start_dim"], a["end_dim"]) != (0, -1) else "")
+         lower=lambda i, a, c: f"{i[0]}.reshape(1)" if c.in_types and c.in_types[0].rank == 0 else  # as the rule says
+         f"torch.flatten({i[0]}" + (f", {a['start_dim']}" if (a["start_dim"], a["end_dim"]) != (0, -1) else "")
          + (f", {a['end_dim']}" if a["end_dim"] != -1 else "") + ")",
          category="tensor", doc="merge dimensions start_dim..end_dim (default: all but the batch)")
 
@@ -85,8 +92,15 @@ register("transpose", inputs=("x",), attrs=(Attr("dim0", "int", -2), Attr("dim1"
          doc="swap two dimensions")
 
 
+def _no_scalar(ctx, t) -> None:
+    ctx.fail("E0302", f"rank mismatch in {ctx.op.name}: a rank-0 tensor has no dimension to {ctx.op.name} along",
+             found=str(t), expected="a tensor of rank >= 1")
+
+
 def _concat_shape(ctx, ins, a):
     first = ins[0]
+    if first.rank == 0:
+        _no_scalar(ctx, first)
     d = ctx.axis(a["dim"], first.rank)
     total = 0
     for k, t in enumerate(ins):
@@ -123,9 +137,17 @@ register("stack", inputs=("*xs",), attrs=(Attr("dim", "int", 0),), shape=_stack_
 
 def _split_shape(ctx, ins, a):
     t = ins[0]
+    if t.rank == 0:
+        _no_scalar(ctx, t)
     d = ctx.axis(a["dim"], t.rank)
     size = t.shape[d]
     sizes = a["sizes"]
+    ok = (isinstance(sizes, int) and not isinstance(sizes, bool) and sizes >= 1) or (
+        isinstance(sizes, (list, tuple)) and sizes
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in sizes))
+    if not ok:
+        ctx.fail("E0401", "split takes a piece size (an int >= 1) or a list of sizes (ints >= 0)", found=repr(sizes),
+                 expected="split(x, 2) or split(x, [3, 5])")
     if isinstance(sizes, int):
         if not is_concrete(size):
             ctx.fail("E0307", f"split into pieces of {sizes} needs a known size at dim {d}", found=str(size))
@@ -146,6 +168,9 @@ def _as_list(v):
 
 def _chunk_shape(ctx, ins, a):
     t = ins[0]
+    ctx.check_positive(a, "chunks")
+    if t.rank == 0:
+        _no_scalar(ctx, t)
     d = ctx.axis(a["dim"], t.rank)
     size = t.shape[d]
     n = a["chunks"]
@@ -228,7 +253,13 @@ register("getitem", inputs=("x",), attrs=(Attr("key", "any"),), shape=_index_sha
 
 def _select_shape(ctx, ins, a):
     t = ins[0]
+    if t.rank == 0:
+        _no_scalar(ctx, t)
     d = ctx.axis(a["dim"], t.rank)
+    size = t.shape[d]
+    if is_concrete(size) and not -size <= a["index"] < size:
+        ctx.fail("E0304", f"index {a['index']} is out of range for dimension {d} of size {size}",
+                 found=str(a["index"]), expected=f"-{size} <= index < {size}")
     return t.with_shape(t.shape[:d] + t.shape[d + 1:])
 
 
@@ -242,6 +273,8 @@ def _squeeze_shape(ctx, ins, a):
     if a["dim"] is None:
         return t.with_shape([d for d in t.shape if d != 1])
     d = ctx.axis(a["dim"], t.rank)
+    if t.rank == 0:
+        return t
     if t.shape[d] != 1:
         ctx.fail("E0301", f"shape mismatch in squeeze: dimension {d} has size {t.shape[d]}, not 1",
                  found=shape_str(t.shape), expected=f"size 1 at dimension {d}")
@@ -269,6 +302,9 @@ def _expand_shape(ctx, ins, a):
     if len(target) < t.rank:
         ctx.fail("E0302", "expand cannot reduce the rank", found=shape_str(t.shape), expected=shape_str(target))
     off = len(target) - t.rank
+    if any(is_concrete(d) and d == -1 for d in target[:off]):
+        ctx.fail("E0310", "expand: -1 (keep the size) is only allowed for existing dimensions, not new leading ones",
+                 found=shape_str(target), expected=f"sizes for the {off} new leading dimension(s)")
     for i, d in enumerate(t.shape):
         want = target[off + i]
         if is_concrete(want) and want == -1:
@@ -286,6 +322,7 @@ register("expand", inputs=("x",), attrs=(Attr("shape", "dims"),), shape=_expand_
 def _repeat_shape(ctx, ins, a):
     t = ins[0]
     reps = a["repeats"]
+    ctx.check_positive(a, "repeats", minimum=0)
     if len(reps) < t.rank:
         ctx.fail("E0302", "repeat needs one count per dimension", found=repr(reps), expected=f"{t.rank} counts")
     shape = (1,) * (len(reps) - t.rank) + t.shape
@@ -356,7 +393,7 @@ register("ones", inputs=(), attrs=(Attr("shape", "dims"), Attr("dtype", "str", "
          category="creation", doc="a tensor of ones")
 register("full", inputs=(), attrs=(Attr("shape", "dims"), Attr("value", "number"), Attr("dtype", "str", "f32", _DTYPE_CHOICES)),
          shape=_creation_shape, kind="elementwise",
-         lower=lambda i, a, c: f"torch.full({c.dims(a['shape'])}, {a['value']!r}, device={c.device}, {_dtype_arg(a, c)})",
+         lower=lambda i, a, c: f"torch.full({c.dims(a['shape'])}, {number_text(a['value'])}, device={c.device}, {_dtype_arg(a, c)})",
          category="creation", doc="a tensor filled with one value")
 register("arange", inputs=(), attrs=(Attr("end", "dim"), Attr("dtype", "str", "i64", _DTYPE_CHOICES)),
          shape=lambda ctx, ins, a: TensorType(a["dtype"], (a["end"],)), kind="elementwise",
@@ -364,7 +401,7 @@ register("arange", inputs=(), attrs=(Attr("end", "dim"), Attr("dtype", "str", "i
          category="creation", doc="0, 1, ..., end-1 (positions)")
 register("constant", inputs=(), attrs=(Attr("value", "number"),),
          shape=lambda ctx, ins, a: TensorType("f32" if isinstance(a["value"], float) else "i64", ()),
-         kind="elementwise", lower=lambda i, a, c: repr(a["value"]), category="creation",
+         kind="elementwise", lower=lambda i, a, c: number_text(a["value"]), category="creation",
          doc="a compile-time number; written inline in the generated code")
 
 
