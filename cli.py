@@ -159,22 +159,49 @@ def summary(spec, params, model, batch, dims, as_json):
 @_param_option
 @_model_option
 @click.option("--stdout", is_flag=True, help="print the module instead of writing it")
+@click.option("--explain", is_flag=True,
+              help="also print the fusion plans of the forward and the backward graph: groups, their ops, the memory "
+                   "traffic each saves, and why every other edge was not fused (to stderr with --stdout)")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",
+              help="size of a symbolic dimension for --explain's byte counts (default 1: per sample)")
+@click.option("--no-optimize", is_flag=True, help="compile the spec as written: no graph rewrites (fused attention "
+              "and LSTM, channels-last convolutions, conv + batch norm folded in inference)")
 @handles_errors
-def compile_cmd(spec, out_dir, params, model, stdout):
-    """Compile SPEC to a standalone PyTorch module (OUT/<spec>.py)."""
+def compile_cmd(spec, out_dir, params, model, stdout, explain, dims, no_optimize):
+    """Compile SPEC to a standalone PyTorch module (OUT/<spec>.py), with a Triton kernel per fusion group."""
     from nnspec.compiler.codegen.pytorch import generate
     from nnspec.compiler.pipeline import build
-    graph = build(spec, parse_params(params), model)
+    graph = build(spec, parse_params(params), model, optimize=not no_optimize)
     source = generate(graph)
     if stdout:
         click.echo(source, nl=False)
-        return
-    stem = Path(graph.source or "model").stem
-    if stem.startswith("<"):
-        stem = graph.name.lower()
-    path = Path(out_dir) / f"{stem}.py"
-    write_atomic(path, source)
-    click.echo(f"wrote {path} ({graph.name}: {len(graph)} ops, {graph.param_count():,} parameters)")
+    else:
+        stem = Path(graph.source or "model").stem
+        if stem.startswith("<"):
+            stem = graph.name.lower()
+        path = Path(out_dir) / f"{stem}.py"
+        write_atomic(path, source)
+        click.echo(f"wrote {path} ({graph.name}: {len(graph)} ops, {graph.param_count():,} parameters)")
+    if explain:
+        sizes = parse_params(dims)
+        for k, v in sizes.items():
+            if not isinstance(v, int) or v < 1:
+                raise click.BadParameter(f"{k} must be a positive integer", param_hint="--dim")
+        click.echo(_explain_fusion(graph, sizes), err=stdout)
+
+
+def _explain_fusion(graph, sizes: dict) -> str:
+    """The forward graph's fusion plan, then the backward graph's (the pass runs on both)."""
+    from nnspec.compiler.autodiff import NoGradientRule, build_backward
+    from nnspec.compiler.passes.fuse import explain, fuse
+    parts = [explain(graph, fuse(graph), sizes)]
+    try:
+        backward, _ = build_backward(graph)
+    except (NoGradientRule, NotImplementedError) as e:
+        parts.append(f"no backward graph: {e}")
+    else:
+        parts.append(explain(backward, fuse(backward), sizes))
+    return "\n\n".join(parts)
 
 
 @main.command()
@@ -348,6 +375,39 @@ def ops(name):
         click.echo(f"{cat}: {', '.join(sorted(by_cat[cat]))}")
 
 
+@main.command()
+@click.argument("specs", nargs=-1)
+@click.option("--quick", is_flag=True, help="5 interleaved rounds instead of 15 (a rougher, shorter run)")
+@click.option("--rounds", type=click.IntRange(1, 1000), default=None, help="interleaved rounds per measurement")
+@click.option("--no-torch-compile", is_flag=True, help="leave torch.compile out (it compiles for 20 s or more per model)")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="torch threads (default: torch's own)")
+@click.option("--markdown", "md_path", default=None, type=click.Path(dir_okay=False),
+              help="where to write the report (default: BENCHMARKS.md in the package root)")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="where to write the results (default: benchmarks/results.json in the package root)")
+@handles_errors
+def bench(specs, quick, rounds, no_torch_compile, threads, md_path, json_path):
+    """Time SPEC's compiled module against a hand-written eager PyTorch module and torch.compile of it.
+
+    Training step, inference latency, peak memory and compile time, as ratios measured in one run. Without
+    SPEC: every benchmark model (mlp, mnist_cnn, resnet18, lstm, gpt2_small). Writes BENCHMARKS.md and
+    benchmarks/results.json (see nnspec/bench.py for the protocol).
+    """
+    from nnspec import bench as bench_mod
+    for s in specs:
+        try:
+            bench_mod.case_for(s)
+        except KeyError as e:
+            raise click.BadParameter(str(e.args[0]), param_hint="SPEC") from None
+    report = bench_mod.run(list(specs) or None, quick=quick, rounds=rounds, torch_compile=not no_torch_compile,
+                           threads=threads, command=bench_mod.command_line(), log=click.echo)
+    written = bench_mod.write_report(report, Path(md_path) if md_path else bench_mod.DEFAULT_MARKDOWN,
+                                     Path(json_path) if json_path else bench_mod.DEFAULT_JSON)
+    for t in report["targets"]:
+        click.echo(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.3f}")
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
 
 @main.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
@@ -382,9 +442,7 @@ def train(config, resume, resume_from, out_dir, overrides, overwrite, check_only
     trainer = Trainer(cfg, out_dir=out_dir, resume=resume, resume_from=resume_from, overwrite=overwrite,
                       quiet=quiet, echo=echo, dry_run=check_only)
     if check_only:
-        trainer.logger.close()
-        from nnspec.runtime import distributed
-        distributed.cleanup(trainer.dist)
+        trainer.close()
         click.echo(f"ok: {cfg.path}: model {trainer.graph.name}, {len(trainer.objectives)} objective(s), "
                    f"{trainer.epochs} epoch(s) of {trainer.bpe} batch(es); logged: {', '.join(trainer.names)}")
         return

@@ -57,17 +57,21 @@ def resolve_spec(ref: str) -> Path:
         hint = suggest(ref, specs)
         raise SpecError("E0601", f"no spec file or built-in spec named `{ref}`", None,
                         hint=hint or "run `nnspec list` to see the built-in specs")
+    if ref.startswith("specs/") and (SPECS_DIR / ref[len("specs/"):]).is_file():
+        return SPECS_DIR / ref[len("specs/"):]  # a built-in spec as generated files name it
     raise SpecError("E0601", f"spec file not found: {ref}", None)
 
 
 def display_path(p: Path) -> str:
-    try:
-        return printable(str(p.resolve().relative_to(Path.cwd().resolve())))
-    except ValueError:
+    """How a spec file is named in messages and generated code: a built-in spec as `specs/<name>` wherever
+    nnspec runs from, any other file relative to the current folder when it is below it."""
+    resolved = p.resolve()
+    for base, prefix in ((SPECS_DIR, "specs/"), (Path.cwd().resolve(), "")):
         try:
-            return printable("specs/" + str(p.resolve().relative_to(SPECS_DIR)))
+            return printable(prefix + str(resolved.relative_to(base)))
         except ValueError:
-            return printable(str(p))
+            continue
+    return printable(str(p))
 
 
 def printable(name: str) -> str:
