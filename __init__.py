@@ -31,13 +31,19 @@ def generate_source(spec, params: dict | None = None, model: str | None = None) 
 _CACHE: dict = {}
 
 
-def compile(spec, params: dict | None = None, model: str | None = None):  # noqa: A001 - the natural name
-    """Compile a spec to an nn.Module class whose constructor takes the spec's parameters as keywords."""
+def compile(spec, params: dict | None = None, model: str | None = None, optimize: bool = True):  # noqa: A001
+    """Compile a spec to an nn.Module class whose constructor takes the spec's parameters as keywords.
+
+    With `optimize` (the default) the graph rewrites of nnspec.compiler.pipeline.OPTIMIZATIONS run first (fused
+    attention and LSTM, channels-last convolutions, conv + batch norm folded in inference): same outputs and
+    gradients, less time and memory."""
     from nnspec.compiler.codegen.loader import materialize
-    key = (str(spec), tuple(sorted((k, repr(v)) for k, v in (params or {}).items())), model)  # list values: repr
+    from nnspec.compiler.pipeline import build as _build
+    key = (str(spec), tuple(sorted((k, repr(v)) for k, v in (params or {}).items())), model,  # list values: repr
+           optimize)
     if key in _CACHE:
         return _CACHE[key]
-    graph = build(spec, params, model)
+    graph = _build(spec, params=params, model=model, optimize=optimize)
     cls = materialize(graph)
     base_params = dict(graph.params)
 
@@ -50,7 +56,7 @@ def compile(spec, params: dict | None = None, model: str | None = None):  # noqa
             raise TypeError(f"{klass.__name__}() got unknown parameter(s) {sorted(unknown)}; "
                             f"the spec's parameters are {list(base_params)}")
         if wanted != base_params:
-            other = compile(spec, wanted, model)
+            other = compile(spec, wanted, model, optimize)
             return other(**wanted)
         return super(wrapper, klass).__new__(klass)
 

@@ -404,7 +404,7 @@ def bench(specs, quick, rounds, no_torch_compile, threads, md_path, json_path):
     written = bench_mod.write_report(report, Path(md_path) if md_path else bench_mod.DEFAULT_MARKDOWN,
                                      Path(json_path) if json_path else bench_mod.DEFAULT_JSON)
     for t in report["targets"]:
-        click.echo(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.3f}")
+        click.echo(f"{'n/a   ' if t['met'] is None else 'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.3f}")
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 

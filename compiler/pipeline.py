@@ -1,29 +1,44 @@
-"""The compiler pipeline: one ordered list of named passes.
+"""The compiler pipeline: one ordered list of named passes, and the optimisations compiled modules get.
 
-    load (text or YAML, imports) -> elaborate -> infer_shapes -> validate -> dce
+    load (text or YAML, imports) -> elaborate -> infer_shapes -> validate -> dce -> cse
+    optimize (nnspec.compile, `nnspec compile`): remove_identities -> attention_to_sdpa -> linear_cross_entropy
+                  -> lstm_scan_to_fused -> dce -> infer_shapes -> channels_last -> fold_conv_batch_norm
+                  -> inplace_activations
 
-`build(spec)` runs it and returns the checked graph. A failure inside a pass names the passes that
-ran before it. Later stages (fusion, autodiff, codegen, render) start from this graph.
+`build(spec)` runs PASSES and returns the checked graph: what `check`, `summary` and `render` show, the
+spec's own computation. `build(spec, optimize=True)` also runs OPTIMIZATIONS (compiler/passes/rewrite.py),
+rewrites that keep every output and gradient equal: spelled-out attention becomes scaled_dot_product_attention,
+a cross-entropy of x W^T one fused op that never stores the logits' softmax or gradient, an LSTM cell's scan
+torch's fused LSTM; convolutional models run channels-last; conv + batch norm fold in inference; activations
+overwrite inputs nothing else needs.
+`nnspec.compile` and `nnspec compile` build that way (`--no-optimize` for the spec as written).
+A failure inside a pass names the passes that ran before it. Later stages (fusion, autodiff, codegen) start
+from the graph `build` returns.
 """
 from __future__ import annotations
 
 from nnspec.compiler.ir import Graph
+from nnspec.compiler.passes.cse import CommonSubexpressionElimination
 from nnspec.compiler.passes.dce import DeadCodeElimination
 from nnspec.compiler.passes.infer_shapes import InferShapes
+from nnspec.compiler.passes.rewrite import (AttentionToSDPA, ChannelsLast, FoldConvBatchNorm, InplaceActivations,
+                                            LinearCrossEntropy, LSTMScanToFused, RemoveIdentities)
 from nnspec.compiler.passes.validate import Validate
 from nnspec.dsl.elaborate import elaborate
 from nnspec.dsl.loader import Program, load
 from nnspec.errors import SpecError
 
-PASSES = [InferShapes(), Validate(), DeadCodeElimination()]
+PASSES = [InferShapes(), Validate(), DeadCodeElimination(), CommonSubexpressionElimination()]
+OPTIMIZATIONS = [RemoveIdentities(), AttentionToSDPA(), LinearCrossEntropy(), LSTMScanToFused(), DeadCodeElimination(),
+                 InferShapes(), ChannelsLast(), FoldConvBatchNorm(), InplaceActivations()]
 
 
 class PassFailure(RuntimeError):
     """An internal error in a pass (not a mistake in the spec)."""
 
 
-def run_passes(graph: Graph, passes=None) -> Graph:
-    ran = ["elaborate"]
+def run_passes(graph: Graph, passes=None, ran: list | None = None) -> Graph:
+    ran = list(ran or ["elaborate"])
     for p in passes or PASSES:
         try:
             graph = p.run(graph)
@@ -36,12 +51,20 @@ def run_passes(graph: Graph, passes=None) -> Graph:
     return graph
 
 
-def build(spec, params: dict | None = None, model: str | None = None, text: str | None = None) -> Graph:
-    """Spec (path, built-in name, or text with `text=`) -> checked graph."""
+def optimize(graph: Graph, passes=None) -> Graph:
+    """The OPTIMIZATIONS on a checked graph (in place; returns it)."""
+    return run_passes(graph, passes or OPTIMIZATIONS, ran=["elaborate"] + [p.name for p in PASSES])
+
+
+def build(spec, params: dict | None = None, model: str | None = None, text: str | None = None,
+          optimize: bool = False) -> Graph:
+    """Spec (path, built-in name, or text with `text=`) -> checked graph (and optimised, with `optimize`)."""
     program = load(spec, text=text) if not isinstance(spec, Program) else spec
     try:
         graph = elaborate(program, model=model, params=params)
         graph = run_passes(graph)
+        if optimize:
+            graph = run_passes(graph, OPTIMIZATIONS, ran=["elaborate"] + [p.name for p in PASSES])
     except SpecError as e:
         e.sources = program.sources  # type: ignore[attr-defined]
         raise

@@ -102,6 +102,7 @@ CLUSTER_STYLE = {
     "block": {"style": "rounded", "color": "#9e9e9e", "fontcolor": "#555555"},
     "scan":  {"style": "rounded,filled", "color": "#7b3294", "fillcolor": "#faf5fc", "fontcolor": "#7b3294"},
     "step":  {"style": "rounded,dashed", "color": "#b39ddb", "fontcolor": "#7b3294"},
+    "fused": {"style": "dashed", "color": "#e08a00", "fontcolor": "#b36b00", "penwidth": "1.2"},
 }
 ROW_FONT = {  # row style -> (point size, colour) of the label line
     "shape": ("9", "#444444"), "note": ("8", "#666666"), "value": ("9", "#2e7d32"), "grad": ("9", "#c62828"),
@@ -225,6 +226,8 @@ class Drawing:
         self.weights: dict[str, str] = {}        # "module.param" -> weight node id
         self._used: set[str] = set()
         self.block_types = block_types(graph)
+        self.drawn: dict[str, str] = {}          # top-level IR node id -> drawn node id
+        self.fused: list[tuple] = []             # (fusion group name, drawn node ids): outlined with dashes
 
     # ------------------------------------------------------------------ ids and adding
     def uid(self, base: str) -> str:
@@ -259,6 +262,7 @@ class Drawing:
         g = self.graph
         values = self.values.forward if self.values is not None else None
         src = self.dataflow(g, "", {}, lambda p: p, backward=False, values=values)
+        self.outline_fusion(g)
         for name, ref in g.outputs.items():
             t = g.type_of(ref)
             node = self.add(DNode(self.uid(f"out_{name}"), "output", (),
@@ -297,6 +301,8 @@ class Drawing:
             did = self.uid(ns + nid)
             path = pathfn(node.path)
             kind = self.kind_of(node, roles, backward)
+            if top:
+                self.drawn[nid] = did
             dnode = self.add(DNode(did, kind, path, self.rows_of(node, kind, roles, backward),
                                    tooltip=self.tooltip_of(node), op=node.op,
                                    modules=(node.module,) if node.module and kind != "accumulate" else (),
@@ -597,6 +603,7 @@ class Drawing:
         fwd = self.graph
         values = self.values.backward if self.values is not None else None
         src = self.dataflow(bwd, "", {}, lambda p: p, backward=True, values=values)
+        self.outline_fusion(bwd)
         by_module: dict[str, DNode] = {}
         group = self.compact or len(info.param_grads) > MAX_GRAD_OUTPUTS  # one dL/d<module> per layer
         for name, ref in bwd.outputs.items():
@@ -640,6 +647,14 @@ class Drawing:
                            [("bold", "stop_gradient"), ("name", (fnode.label if fnode else None) or nid),
                             ("note", "the gradient stops here")],
                            tooltip=f"{nid}: stop_gradient cuts the backward flow here", op="stop_gradient"))
+
+    def outline_fusion(self, g: Graph) -> None:
+        """Remember compiler/passes/fuse.py's groups of `g`: emit() outlines each one whose ops are all drawn."""
+        from nnspec.compiler.passes.fuse import fuse
+        for group in fuse(g).groups:
+            ids = [self.drawn.get(nid) for nid in group.nodes]
+            if all(ids):
+                self.fused.append((group.name, ids))
 
     # ------------------------------------------------------------------ placing, folding
     def settle_paths(self) -> None:
@@ -845,13 +860,31 @@ class Drawing:
                 if child not in lst:
                     lst.append(child)
         cluster_ids: dict[tuple, str] = {}
+        # a fusion group whose ops are all drawn, in one block, gets a dashed cluster inside that block
+        fused_at: dict[tuple, list] = {}
+        for name, ids in self.fused:
+            paths = {self.nodes[i].path for i in ids if i in self.nodes}
+            if len(paths) == 1 and all(i in self.nodes for i in ids):
+                fused_at.setdefault(paths.pop(), []).append((name, ids))
+
+        def node(g, n) -> None:
+            attrs = dict(NODE_STYLE[n.kind])
+            if n.tooltip:
+                attrs["tooltip"] = plain(n.tooltip)
+            g.node(n.id, _html(n.rows), **attrs)
 
         def fill(g, path: tuple) -> None:
+            inside = set()
+            for name, ids in fused_at.get(path, []):
+                with g.subgraph(name=self.uid(f"cluster_{name}")) as c:
+                    c.attr(label=name, fontname=FONT, fontsize="9", labeljust="r", tooltip=f"{name}: one fused kernel",
+                           **CLUSTER_STYLE["fused"])
+                    for i in ids:
+                        node(c, self.nodes[i])
+                inside |= set(ids)
             for n in at.get(path, []):
-                attrs = dict(NODE_STYLE[n.kind])
-                if n.tooltip:
-                    attrs["tooltip"] = plain(n.tooltip)
-                g.node(n.id, _html(n.rows), **attrs)
+                if n.id not in inside:
+                    node(g, n)
             for child in children.get(path, []):
                 if child not in cluster_ids:
                     cluster_ids[child] = self.uid("cluster_" + "_".join(child))

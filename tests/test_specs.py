@@ -70,6 +70,7 @@ PARAMS: dict[str, dict] = {
     "resnet34.nn": {None: {"size": 32}},
     "resnet50.nn": {None: {"size": 32}},
     "deep_mlp_init_demo.nn": {None: {"width": 256}},
+    "gpt2_small.nn": {None: {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 32, "vocab_size": 1000}},
 }
 # a big model (BIG_MACS per sample at its defaults) not in PARAMS with one of these int parameters gets the
 # first of SIZE_TRIES that builds

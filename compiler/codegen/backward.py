@@ -42,6 +42,7 @@ def generate_backward(fwd: Graph, bwd: Graph, info, keep_all: bool = False) -> s
              "import math", "from math import inf, nan", "", "import torch", "import torch.nn.functional as F", "", ""]
     body_fwd = _forward_saved(fwd, info, keep_all)
     body_bwd, used = _backward(fwd, bwd, info, keep_all)
+    used |= _helpers_used("\n".join(body_fwd))  # fused forward ops call helpers too (_linear_cross_entropy)
     for name in sorted(used):
         lines.append(HELPERS[name])
         lines.append("")
@@ -524,3 +525,48 @@ def _dropout_grad(g, x, out, op, p):
     nonzero = x != 0
     return torch.where(nonzero, g * out / torch.where(nonzero, x, torch.ones_like(x)), torch.zeros_like(g))
 ''')
+
+helper("_sdpa_backward")('''
+def _sdpa_backward(g, q, k, v, mask, is_causal, scale):
+    """dL/dq, dL/dk, dL/dv of out = softmax(s) v, s = q k^T * scale + mask, with p = softmax(s) recomputed:
+    dv = p^T g;  dp = g v^T;  ds = p * (dp - sum(dp * p, -1));  dq = ds k * scale;  dk = ds^T q * scale."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q @ k.transpose(-2, -1)) * scale
+    if is_causal:
+        keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        s = s.masked_fill(keep.logical_not(), -math.inf)
+    elif mask is not None:
+        s = s.masked_fill(mask.logical_not(), -math.inf) if mask.dtype == torch.bool else s + mask
+    p = torch.softmax(s, dim=-1)
+    dp = g @ v.transpose(-2, -1)
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+    return (ds @ k) * scale, (ds.transpose(-2, -1) @ q) * scale, p.transpose(-2, -1) @ g
+''')
+
+helper("_lstm_backward")('''
+def _lstm_backward(grads, inputs, batch_first):
+    """Gradients of torch.lstm for each of its inputs: the layer runs again under autograd and torch.autograd.grad
+    backpropagates through time, as torch.nn.LSTM's own backward does."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in inputs]
+        x, h0, c0, *weights = leaves
+        outs = torch.lstm(x, (h0, c0), weights, len(weights) == 4, 1, 0.0, True, False, batch_first)
+        return torch.autograd.grad(outs, leaves, grads)
+''')
+
+helper("_linear_cross_entropy_backward")('''
+def _linear_cross_entropy_backward(g_logits, g_loss, x, w, target, ignore_index):
+    """dL/dx and dL/dw of (logits, loss) = linear_cross_entropy(x, w, target): d = g_loss (softmax(logits) - one-hot)
+    / count on the rows whose target is not ignore_index, plus g_logits; dx = d w, dw = d^T x."""
+    x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1)
+    keep = (t != ignore_index).to(x.dtype)[:, None]
+    d = torch.softmax(x2 @ w.t(), dim=1)
+    d[torch.arange(t.shape[0], device=t.device), t.clamp(0, w.shape[0] - 1)] -= 1.0
+    d = d * keep * (g_loss / keep.sum()) + g_logits.reshape(-1, w.shape[0])
+    return (d @ w).reshape(x.shape), d.t() @ x2
+''')
+
+from nnspec.compiler.passes.rewrite import FORWARD_HELPERS as _FORWARD_HELPERS  # noqa: E402
+
+for _name in ("_linear_cross_entropy", "_standard_layout"):  # forward helpers forward_saved() may call too
+    helper(_name)(_FORWARD_HELPERS[_name])

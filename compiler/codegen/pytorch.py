@@ -186,6 +186,9 @@ class _Emitter:
         self.save: dict[tuple, str] = {}   # ref -> key: values kept for the backward pass
         self.save_to = "saved"
         self.scan_saves: dict = {}          # scan node id -> body refs its backward reads, per step
+        self.fusion = None                  # a FusionPlan: its groups are written as calls (codegen/triton.py)
+        self.folds: dict = {}               # batch norm id -> its convolution, one call (passes/rewrite.py: _conv_bn)
+        self.inplace: set = set()           # activations that overwrite their input (passes/rewrite.py)
         self.remaining: dict[tuple, int] = {}
         for node in graph.nodes.values():
             for ref in node.inputs:
@@ -224,6 +227,13 @@ class _Emitter:
             self.expr[(nid, 0)] = module_accessor(node.module, container_kinds(self.graph))
             self._keep((nid, 0), self.expr[(nid, 0)])
             return
+        if self.folds and (nid in self.folds or nid in self.folds.values()):
+            self.emit_conv_bn(node)
+            return
+        if self.fusion is not None and nid in self.fusion.group_of:
+            from nnspec.compiler.codegen.triton import emit_group_call
+            emit_group_call(self, self.fusion.group(nid), nid, self.fusion.group(nid).name)
+            return
         args = [self.expr[ref] for ref in node.inputs]
         for ref in node.inputs:
             self.remaining[ref] -= 1
@@ -238,6 +248,9 @@ class _Emitter:
                        device=self.device, dtype=self.dtype)
         args = [_paren(a) if _needs_paren(node.op, a) else a for a in args]
         text = op.lower(args, node.attrs, ctx)
+        if nid in self.inplace:
+            from nnspec.compiler.passes.rewrite import INPLACE_ACTIVATIONS
+            text = INPLACE_ACTIVATIONS[node.op](args[0], node.attrs)
         base = node.label or node.op
         if len(node.outputs) == 1:
             name = self.names.fresh(base, self.remaining, self.blocked)
@@ -254,6 +267,20 @@ class _Emitter:
             self.lines.append(f"{self.indent}{', '.join(outs)} = {text}{self.comment(node)}")
             for k, name in enumerate(outs):
                 self._keep((nid, k), name)
+
+    def emit_conv_bn(self, node) -> None:
+        """conv -> batch_norm as one `_conv_bn(conv, bn, x)` call, which folds the norm into the convolution in
+        inference (compiler/passes/rewrite.py). The convolution itself writes nothing: the norm writes both."""
+        if node.id not in self.folds:
+            return
+        conv = self.graph.nodes[self.folds[node.id]]
+        for ref in conv.inputs:
+            self.remaining[ref] -= 1
+        kinds = container_kinds(self.graph)
+        name = self.names.fresh(node.label or node.op, self.remaining, self.blocked)
+        self.lines.append(f"{self.indent}{name} = _conv_bn({module_accessor(conv.module, kinds)}, "
+                          f"{module_accessor(node.module, kinds)}, {self.expr[conv.inputs[0]]}){self.comment(node)}")
+        self.bind((node.id, 0), name)
 
     def emit_scan(self, node, args) -> None:
         a = node.attrs
@@ -467,8 +494,9 @@ def _used_symbols(graph: Graph) -> set[str]:
     return syms
 
 
-def generate(graph: Graph, class_name: str | None = None) -> str:
-    """Python source of a standalone nn.Module for the graph."""
+def generate(graph: Graph, class_name: str | None = None, kernels: bool = True) -> str:
+    """Python source of a standalone nn.Module for the graph (with `kernels`, fusion groups become calls of
+    fused functions: Triton kernels on CUDA, the same torch ops elsewhere; see codegen/triton.py)."""
     class_name = class_name or class_name_for(graph.name)
     arg_names = [graph.nodes[i].attrs["name"] for i in graph.inputs]
     target_names = [graph.nodes[i].attrs["name"] for i in graph.targets]
@@ -478,6 +506,12 @@ def generate(graph: Graph, class_name: str | None = None) -> str:
     device = f"{ref_input.attrs['name']}.device" if ref_input is not None else "None"
     dtype = f"{first_float.attrs['name']}.dtype" if first_float is not None else params_dtype(graph)
     em = _Emitter(graph, names, device, dtype, indent="")
+    em.folds = dict(getattr(graph, "conv_bn_folds", None) or {})
+    em.inplace = set(getattr(graph, "inplace", None) or ())
+    section = None
+    if kernels:
+        from nnspec.compiler.codegen.triton import fused_section
+        section = fused_section(graph, em)
     for nid in graph.inputs + graph.targets:
         name = graph.nodes[nid].attrs["name"]
         em.bind((nid, 0), name)
@@ -487,19 +521,24 @@ def generate(graph: Graph, class_name: str | None = None) -> str:
             src, axis = graph.symbols[sym]
             lines.append(f"{sym} = {graph.nodes[src].attrs['name']}.shape[{axis}]")
             names.used.add(sym)
+    from nnspec.compiler.passes.rewrite import forward_helpers, layout_lines
+    layout_init, prologue, restore = layout_lines(graph, arg_names, [graph.type_of(r) for r in graph.outputs.values()])
+    lines += prologue
     # nodes the outputs need come first; the rest (losses, metrics) run only when asked for
     import networkx as nx
     needed: set[str] = set()
     for ref in graph.outputs.values():
         needed.add(ref[0])
         needed |= nx.ancestors(graph.nx, ref[0])
-    order = graph.topo_order()
+    order = section.order if section is not None else graph.topo_order()
     for nid in order:
         if nid in needed:
             em.emit_node(nid)
     lines += em.lines
     em.lines = []
     out_exprs = [em.expr[ref] for ref in graph.outputs.values()]
+    for e in sorted({e for e, back in zip(out_exprs, restore) if back and e.isidentifier()}):
+        lines.append(f"{e} = {e}.contiguous()  # the caller gets the standard NCHW layout back")
     has_losses = bool(graph.losses or graph.metrics)
     if graph.outputs:
         ret = out_exprs[0] if len(out_exprs) == 1 else "(" + ", ".join(out_exprs) + ")"
@@ -536,8 +575,9 @@ def generate(graph: Graph, class_name: str | None = None) -> str:
         output_rows=[f"{k}: {graph.type_of(r)}" for k, r in graph.outputs.items()],
         loss_rows=[f"{k}: {graph.type_of(r)}" for k, r in graph.losses.items()],
         param_count=graph.param_count(), spec_params=dict(graph.params), params=params,
-        init_lines=init_lines(graph), arg_names=arg_names, target_names=target_names,
-        forward_lines=lines, scan_functions=[],
+        init_lines=init_lines(graph) + layout_init, arg_names=arg_names, target_names=target_names,
+        forward_lines=lines, scan_functions=[], kernel_source=section.source if section is not None else "",
+        helper_source=forward_helpers(lines),
     )
 
 

@@ -96,3 +96,23 @@ for _name, _inputs, _outs, _doc in (
              optional_inputs=1 if _name.endswith("norm_grad") else 0,
              lower=lambda i, a, c, _name=_name: f"_{_name}({', '.join(i)}, {a['op']!r}, {_py(a['attrs'])}"
              + (f", {c.module})" if _name.endswith("norm_grad") else ")"), doc=_doc)
+
+
+# ---- backward ops of the fused forms the rewrites create (compiler/passes/rewrite.py)
+register("sdpa_backward", inputs=("g", "q", "k", "v", "mask"), optional_inputs=1,
+         attrs=(Attr("is_causal", "bool", False), Attr("scale", "float_or_none", None)),
+         shape=_like_inputs(1, 2, 3), kind="opaque", category="backward", nondiff_inputs=(0, 1, 2, 3, 4),
+         lower=lambda i, a, c: f"_sdpa_backward({', '.join(i[:4])}, {i[4] if len(i) > 4 else None}, "
+                               f"{a['is_causal']!r}, {a['scale']!r})",
+         doc="dL/dq, dL/dk, dL/dv of scaled dot-product attention: the softmax's Jacobian written out")
+register("lstm_backward", inputs=("g_y", "g_h", "g_c", "x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"),
+         optional_inputs=2, attrs=(Attr("batch_first", "bool", True),),
+         shape=lambda ctx, ins, a: list(ins[3:]), kind="opaque", category="backward",
+         nondiff_inputs=tuple(range(10)),
+         lower=lambda i, a, c: f"_lstm_backward(({', '.join(i[:3])}), ({', '.join(i[3:])}), {a['batch_first']!r})",
+         doc="gradients of lstm for its input, initial states and weights (backpropagation through time)")
+register("linear_cross_entropy_backward", inputs=("g_logits", "g_loss", "x", "weight", "target"),
+         attrs=(Attr("ignore_index", "int", -100),), shape=_like_inputs(2, 3), kind="opaque", category="backward",
+         nondiff_inputs=tuple(range(5)),
+         lower=lambda i, a, c: f"_linear_cross_entropy_backward({', '.join(i)}, {a['ignore_index']!r})",
+         doc="dL/dx and dL/dweight of linear_cross_entropy: (softmax - one-hot) / count, times the weight or the input")

@@ -652,3 +652,36 @@ def _scan(b, node, g):
     refs = [(bnode.id, k) for k in range(len(outs))]
     in_grads = refs[:1 + n] if has_xs else refs[:n]
     return {"inputs": in_grads, "param_grads": dict(zip(param_keys, refs[len(in_grads):]))}
+
+
+# ------------------------------------------------------------------------------ fused forms (compiler/passes/rewrite.py)
+@rule("scaled_dot_product_attention")
+def _sdpa(b, node, g):
+    ins = [b.input_value(i) for i in range(len(node.inputs))]
+    dq, dk, dv = b.op("sdpa_backward", [g[0]] + ins, is_causal=node.attrs["is_causal"], scale=node.attrs["scale"])
+    return [dq, dk, dv] + [None] * (len(node.inputs) - 3)
+
+
+@rule("lstm")
+def _lstm(b, node, g):
+    gs = [gk if gk is not None else b.op("zeros_like", [b.output_value(k)]) for k, gk in enumerate(g)]
+    ins = [b.input_value(i) for i in range(len(node.inputs))]
+    return b.op("lstm_backward", gs + ins, batch_first=node.attrs["batch_first"])
+
+
+@rule("layer_param")
+def _layer_param(b, node, g):
+    return {"inputs": [], "param_grads": {f"{node.module}.{node.attrs['param']}": g[0]}}
+
+
+@rule("linear_cross_entropy")
+def _linear_cross_entropy(b, node, g):
+    grads = [gk if gk is not None else b.op("zeros_like", [b.output_value(k)]) for k, gk in enumerate(g)]
+    ins = [b.input_value(i) for i in range(3)]
+    dx, dw = b.op("linear_cross_entropy_backward", grads + ins, ignore_index=node.attrs["ignore_index"])
+    return [dx, dw, None]
+
+
+@rule("standard_layout")
+def _standard_layout(b, node, g):
+    return [g[0]]

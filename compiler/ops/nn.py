@@ -442,3 +442,128 @@ register("prelu", inputs=("x",), attrs=(Attr("num_parameters", "int", 1), Attr("
              ([f"{a['num_parameters']}"] if a["num_parameters"] != 1 or a["init"] != 0.25 else [])
              + ([f"init={a['init']!r}"] if a["init"] != 0.25 else [])) + ")",
          category="activation", doc="x if x >= 0 else a * x, with a learned")
+
+
+# ---------------------------------------------------------------------------------- fused forms of spelled-out patterns
+# The graph rewrites (compiler/passes/rewrite.py) put these in place of patterns a spec writes out: attention
+# as softmax(q k^T / sqrt(d) + mask) v, and a scan of the LSTM cell. They can be called in a spec as well;
+# their weights are ordinary tensor inputs (a `param`, or a layer's weight read by `layer_param`).
+def _sdpa_shape(ctx, ins, a):
+    q, k, v = ins[:3]
+    for j, what in enumerate(("query", "key", "value")):
+        float_input(ctx, ins, a, j)
+        if ins[j].rank < 2:
+            ctx.check_rank(ins[j], (2, 3, 4, 5), what)
+    if not q.rank == k.rank == v.rank:
+        ctx.fail("E0302", f"rank mismatch in {ctx.op.name}: query, key and value have ranks {q.rank}, {k.rank}, {v.rank}",
+                 found=f"{shape_str(q.shape)}, {shape_str(k.shape)}, {shape_str(v.shape)}", expected="equal ranks")
+    for d in range(q.rank - 2):
+        ctx.check_dim(k.shape[d], q.shape[d], f"key's batch dimension {d} differs from the query's")
+        ctx.check_dim(v.shape[d], q.shape[d], f"value's batch dimension {d} differs from the query's")
+    ctx.check_dim(k.shape[-1], q.shape[-1], "query and key have different feature sizes",
+                  hint="q @ k^T needs the same last dimension")
+    ctx.check_dim(v.shape[-2], k.shape[-2], "key and value have different lengths")
+    if len(ins) > 3:
+        from nnspec.compiler.shapes import broadcast_shapes
+        m = ins[3]
+        if a["is_causal"]:
+            ctx.fail("E0401", f"{ctx.op.name}: is_causal=true and a mask are exclusive", found="both given",
+                     expected="is_causal=true, or a mask")
+        want = tuple(q.shape[:-1]) + (k.shape[-2],)
+        if m.dtype not in ("bool",) and not m.is_float or broadcast_shapes(m.shape, want) != want:
+            ctx.fail("E0306", f"{ctx.op.name}: the mask must be bool or float and broadcast to {shape_str(want)}",
+                     found=str(m), expected=f"a mask broadcasting to {shape_str(want)}")
+    return q.with_shape(tuple(q.shape[:-1]) + (v.shape[-1],))
+
+
+def _sdpa_lower(i, a, c):
+    args = list(i[:3])
+    if len(i) > 3:
+        args.append(f"attn_mask={i[3]}")
+    if a["is_causal"]:
+        args.append("is_causal=True")
+    if a["scale"] is not None:
+        args.append(f"scale={a['scale']!r}")
+    return f"F.scaled_dot_product_attention({', '.join(args)})"
+
+
+register("scaled_dot_product_attention", inputs=("q", "k", "v", "mask"), optional_inputs=1,
+         attrs=(Attr("is_causal", "bool", False),
+                Attr("scale", "float_or_none", None, doc="multiplies q k^T; default 1 / sqrt(feature size)")),
+         shape=_sdpa_shape, lower=_sdpa_lower, kind="opaque", category="attention", nondiff_inputs=(3,),
+         macs=lambda ins, outs, a: (numel(ins[0].shape) + numel(outs[0].shape)) * ins[1].shape[-2],
+         doc="softmax(q k^T * scale + mask) v in one kernel (flash attention where torch has one); is_causal hides "
+             "later keys; a bool mask keeps where true, a float mask is added")
+
+
+def _lstm_shape(ctx, ins, a):
+    if len(ins) == 6:
+        ctx.fail("E0406", "lstm takes both biases or neither", found="one bias", expected="b_ih and b_hh, or no bias")
+    x, h0, c0, w_ih, w_hh = ins[:5]
+    float_input(ctx, ins, a)
+    ctx.check_rank(x, 3, "input")
+    ctx.check_rank(h0, 3, "h0")
+    ctx.check_rank(c0, 3, "c0")
+    batch, steps = (x.shape[0], x.shape[1]) if a["batch_first"] else (x.shape[1], x.shape[0])
+    hidden = h0.shape[2]
+    ctx.check_dim(h0.shape[0], 1, "h0 must be [1, B, H] (one layer)")
+    ctx.check_dim(h0.shape[1], batch, "h0's batch size differs from the input's")
+    _check_shape(ctx, c0, tuple(h0.shape), "c0 must have h0's shape")
+    _check_shape(ctx, w_ih, (4 * hidden, x.shape[2]), "w_ih must be [4H, input features]")
+    _check_shape(ctx, w_hh, (4 * hidden, hidden), "w_hh must be [4H, H]")
+    for b in ins[5:]:
+        _check_shape(ctx, b, (4 * hidden,), "the biases must be [4H]")
+    out = x.with_shape((batch, steps, hidden) if a["batch_first"] else (steps, batch, hidden))
+    return [out, h0, c0]
+
+
+def _check_shape(ctx, t: TensorType, want: tuple, message: str) -> None:
+    if t.rank != len(want):
+        ctx.fail("E0302", f"rank mismatch in {ctx.op.name}: {message}", found=shape_str(t.shape), expected=shape_str(want))
+    for got, w in zip(t.shape, want):
+        ctx.check_dim(got, w, f"{message}, found {shape_str(t.shape)}")
+
+
+register("lstm", inputs=("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"), optional_inputs=2,
+         attrs=(Attr("batch_first", "bool", True),), shape=_lstm_shape, kind="opaque", category="recurrent",
+         lower=lambda i, a, c: f"torch.lstm({i[0]}, ({i[1]}, {i[2]}), ({', '.join(i[3:])}), {len(i) == 7}, 1, 0.0, "
+                               f"{c.training}, False, {a['batch_first']})",
+         macs=lambda ins, outs, a: numel(outs[0].shape) * 4 * (ins[3].shape[1] + ins[4].shape[1]),
+         doc="one LSTM layer over a sequence, torch.nn.LSTM's fused kernel (gates i, f, g, o); returns every step's h "
+             "and the last h and c, states shaped [1, B, H]")
+
+
+def _typed_by_pass(ctx, ins, a):
+    raise AssertionError(f"{ctx.op.name} nodes are typed by the pass that creates them")
+
+
+register("layer_param", inputs=(), attrs=(Attr("param", "str"),), shape=_typed_by_pass, category="graph",
+         lower=lambda i, a, c: f"{c.module}.{a['param']}",
+         doc="a weight of a layer (node.module) as a value: how a fused op reads the layers it replaces")
+
+
+def _lce_shape(ctx, ins, a):
+    x, w, y = ins
+    float_input(ctx, ins, a)
+    ctx.check_rank(w, 2, "weight")
+    ctx.check_dim(w.shape[1], x.shape[-1], "the weight's columns differ from the input's features",
+                  hint="the weight is [classes, features], as nn.Linear's")
+    if y.dtype not in ("i32", "i64"):
+        ctx.fail("E0305", f"{ctx.op.name} needs integer class indices as target, found {y.dtype}", found=str(y),
+                 expected="an i64 tensor of class indices")
+    _check_shape(ctx, y, tuple(x.shape[:-1]), "the target must have the input's leading dimensions")
+    return [x.with_shape(tuple(x.shape[:-1]) + (w.shape[0],)), TensorType(x.dtype, ())]
+
+
+register("linear_cross_entropy", inputs=("x", "weight", "target"), attrs=(Attr("ignore_index", "int", -100),),
+         shape=_lce_shape, kind="opaque", category="loss", nondiff_inputs=(2,),
+         lower=lambda i, a, c: f"_linear_cross_entropy({', '.join(i)}, {a['ignore_index']!r})",
+         macs=lambda ins, outs, a: 3 * numel(outs[0].shape) * ins[0].shape[-1],
+         doc="(logits, loss): logits = x weight^T and their mean cross-entropy against target, with the gradient "
+             "taken block by block in the forward pass: no softmax or logit gradient of the full size is ever kept")
+
+
+register("standard_layout", inputs=("x",), shape=lambda ctx, ins, a: ins[0], kind="injective", category="tensor",
+         lower=lambda i, a, c: f"_standard_layout({i[0]})",
+         doc="x itself, stored in torch's standard (contiguous) layout, its gradient sent back channels-last: where a "
+             "channels-last region of a model ends (before a flatten), so that no layer's backward converts layouts")

@@ -11,7 +11,7 @@ from nnspec.compiler.ops import REGISTRY
 from nnspec.compiler.ops.registry import OpContext
 from nnspec.errors import SpecError
 
-STRUCTURAL = ("input", "target", "parameter")
+STRUCTURAL = ("input", "target", "parameter", "layer_param")  # typed where they are created
 
 
 class InferShapes:

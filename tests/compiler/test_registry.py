@@ -737,6 +737,58 @@ spec("prelu", "gradcheck", Case([f(2, 3, 4)], lambda x, p: torch.where(x >= 0, x
      Case([f(2, 3)], lambda x, p: torch.where(x >= 0, x, p["weight"] * x), attrs={"init": 0.1}, id="init"),
      Case([f(4, 3)], lambda x, p: torch.where(x >= 0, x, p["weight"] * x), sym="B"))
 
+
+# fused forms created by the graph rewrites (compiler/passes/rewrite.py), checked against the spelled-out math
+def _attention_ref(q, k, v, mask=None, causal=False, scale=None):
+    s = (q @ k.transpose(-2, -1)) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    if causal:
+        s = s.masked_fill(torch.ones(s.shape[-2], s.shape[-1], dtype=torch.bool).tril().logical_not(), -math.inf)
+    if mask is not None:
+        s = s.masked_fill(mask.logical_not(), -math.inf) if mask.dtype == torch.bool else s + mask
+    return torch.softmax(s, -1) @ v
+
+
+def _lstm_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, batch_first=True):
+    xs = x if batch_first else x.transpose(0, 1)
+    h, c, outs = h0[0], c0[0], []
+    for t in range(xs.shape[1]):
+        gates = xs[:, t] @ w_ih.t() + h @ w_hh.t() + (0 if b_ih is None else b_ih + b_hh)
+        i_, f_, g_, o_ = gates.chunk(4, 1)
+        c = torch.sigmoid(f_) * c + torch.sigmoid(i_) * torch.tanh(g_)
+        h = torch.sigmoid(o_) * torch.tanh(c)
+        outs.append(h)
+    ys = torch.stack(outs, 1)
+    return ys if batch_first else ys.transpose(0, 1), h[None], c[None]
+
+
+spec("scaled_dot_product_attention", "gradcheck",
+     Case([f(2, 3, 4, 5), f(2, 3, 6, 5), f(2, 3, 6, 4)], _attention_ref),
+     Case([f(2, 2, 4, 3), f(2, 2, 4, 3), f(2, 2, 4, 3)], lambda q, k, v: _attention_ref(q, k, v, causal=True, scale=0.5),
+          attrs={"is_causal": True, "scale": 0.5}, id="causal"),
+     Case([f(2, 3, 4), f(2, 5, 4), f(2, 5, 2), f(3, 5)], lambda q, k, v, m: _attention_ref(q, k, v, m), id="float-mask"),
+     Case([f(2, 3, 4), f(2, 8, 4), f(2, 8, 2), b(3, 8)], lambda q, k, v, m: _attention_ref(q, k, v, m), id="bool-mask"),
+     Case([f(3, 2, 4, 5), f(3, 2, 4, 5), f(3, 2, 4, 5)], lambda q, k, v: _attention_ref(q, k, v, causal=True),
+          attrs={"is_causal": True}, sym="B"))
+def _lce_ref(x, w, y, ignore_index=-100):
+    logits = x @ w.t()
+    return logits, F.cross_entropy(logits.reshape(-1, w.shape[0]), y.reshape(-1), ignore_index=ignore_index)
+
+
+spec("linear_cross_entropy", "gradcheck",
+     Case([f(4, 3), f(5, 3), i(4, hi=5)], _lce_ref),
+     Case([f(2, 3, 4), f(6, 4), i(2, 3, hi=6)], _lce_ref, id="3d"),
+     Case([f(4, 3), f(5, 3), In((4,), "i64", ("fixed", [0, -1, 4, 2]))], lambda x, w, y: _lce_ref(x, w, y, -1),
+          attrs={"ignore_index": -1}, id="ignore"),
+     Case([f(4, 3), f(5, 3), i(4, hi=5)], _lce_ref, sym={0: {0: "B"}, 2: {0: "B"}}))
+spec("standard_layout", "gradcheck", Case([f(2, 3, 4, 4)], lambda x: x),
+     Case([f(2, 5)], lambda x: x, id="not-4d"), Case([f(3, 2, 3, 3)], lambda x: x, sym="B"))
+spec("lstm", "gradcheck",
+     Case([f(2, 3, 4), f(1, 2, 5), f(1, 2, 5), f(20, 4), f(20, 5), f(20), f(20)], _lstm_ref),
+     Case([f(3, 2, 2), f(1, 2, 3), f(1, 2, 3), f(12, 2), f(12, 3)],
+          lambda *xs: _lstm_ref(*xs, batch_first=False), attrs={"batch_first": False}, id="time-first-nobias"),
+     Case([f(3, 4, 2), f(1, 3, 3), f(1, 3, 3), f(12, 2), f(12, 3), f(12), f(12)], _lstm_ref,
+          sym={0: {0: "B", 1: "T"}, 1: {1: "B"}, 2: {1: "B"}}))
+
 # =================================================================================== losses
 
 
@@ -864,6 +916,7 @@ spec("scan", "structural", Case([], None, attrs={}), Case([], None, attrs={"axis
 spec("saved", "structural", Case([], "saved['n3']", attrs={"ref": ("n3", 0)}), Case([], "saved['n3:1']", attrs={"ref": ("n3", 1)}))
 spec("scan_backward", "structural", Case([], None, attrs={"body_backward": None}))
 spec("param_value", "structural", Case([], "m.weight", attrs={"module": "fc", "param": "weight"}))
+spec("layer_param", "structural", Case([], "m.weight", attrs={"param": "weight"}))
 
 
 # =================================================================================== backward graphs
@@ -1051,6 +1104,38 @@ spec("pair_grad", "backward",
           attrs={"op": "pairwise_distance", "attrs": _sorted_attrs("pairwise_distance", p=3.0)}, id="pairwise_distance"),
      Case([f(3, 5), f(3, 4), f(5, 4)], vjp(lambda a, b_: torch.cdist(a, b_), [0, 1]),
           attrs={"op": "cdist", "attrs": _sorted_attrs("cdist")}, id="cdist"))
+spec("sdpa_backward", "backward",
+     Case([f(2, 3, 4, 4), f(2, 3, 4, 5), f(2, 3, 6, 5), f(2, 3, 6, 4)], vjp(F.scaled_dot_product_attention, [0, 1, 2])),
+     Case([f(2, 4, 3), f(2, 4, 3), f(2, 4, 3), f(2, 4, 3)],
+          vjp(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3), [0, 1, 2]),
+          attrs={"is_causal": True, "scale": 0.3}, id="causal"),
+     Case([f(2, 3, 2), f(2, 3, 4), f(2, 5, 4), f(2, 5, 2), f(3, 5)],
+          vjp(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m), [0, 1, 2]), id="float-mask"))
+
+
+def _lstm_vjp(batch_first=True):
+    def ref(g_y, g_h, g_c, *ins):
+        leaves = [t.detach().clone().requires_grad_(True) for t in ins]
+        return list(torch.autograd.grad(_lstm_ref(*leaves, batch_first=batch_first), leaves, (g_y, g_h, g_c)))
+    return ref
+
+
+def _lce_vjp(ignore_index=-100):
+    def ref(g_logits, g_loss, x, w, y):
+        xs, ws = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+        return list(torch.autograd.grad(_lce_ref(xs, ws, y, ignore_index), (xs, ws), (g_logits, g_loss)))
+    return ref
+
+
+spec("linear_cross_entropy_backward", "backward",
+     Case([f(4, 5), f(), f(4, 3), f(5, 3), i(4, hi=5)], _lce_vjp()),
+     Case([f(2, 3, 6), f(), f(2, 3, 4), f(6, 4), In((2, 3), "i64", ("fixed", [[0, -1, 5], [2, 2, -1]]))], _lce_vjp(-1),
+          attrs={"ignore_index": -1}, id="ignore"))
+spec("lstm_backward", "backward",
+     Case([f(2, 3, 5), f(1, 2, 5), f(1, 2, 5), f(2, 3, 4), f(1, 2, 5), f(1, 2, 5), f(20, 4), f(20, 5), f(20), f(20)],
+          _lstm_vjp()),
+     Case([f(3, 2, 3), f(1, 2, 3), f(1, 2, 3), f(3, 2, 2), f(1, 2, 3), f(1, 2, 3), f(12, 2), f(12, 3)],
+          _lstm_vjp(batch_first=False), attrs={"batch_first": False}, id="time-first-nobias"))
 
 
 # =================================================================================== the harness

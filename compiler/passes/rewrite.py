@@ -1,0 +1,757 @@
+"""Graph rewrites: patterns a spec spells out become the fused ops torch runs best, and the layout and
+inference choices codegen makes. Each is a pass (a name and `run(graph) -> graph`) in the OPTIMIZATIONS list
+of compiler/pipeline.py, which `nnspec.compile` and `nnspec compile` run after the checking passes (`nnspec
+check`, `summary` and `render` show the spec's own computation). Every rewrite keeps the outputs and the
+gradients equal (tests/compiler/test_rewrites.py):
+
+  RemoveIdentities   `identity` and dropouts with p = 0 are read through (they return their input).
+  AttentionToSDPA    softmax(q k^T * scale + causal mask) v, the mask built from aranges (-inf where key j > query
+                     i, by masked_fill, where, or an added 0/-inf matrix) or absent, with an attention dropout of 0
+                     -> scaled_dot_product_attention(q, k, v, is_causal, scale): torch's flash attention on CPU,
+                     which never stores the T x T weights (memory) and fuses the softmax (time). Other masks, and a
+                     dropout p > 0 (SDPA would draw other random numbers), stay spelled out.
+  LinearCrossEntropy cross_entropy(x W^T, y) (mean, W a `param` or a weight, e.g. GPT-2's tied LM head)
+                     -> linear_cross_entropy(x, W, y): the gradient is taken in the forward pass one block of rows
+                     at a time, so the log-softmax and the gradient of the logits (batch x tokens x vocabulary
+                     each) are never stored; the logits themselves are still computed (an output of the spec).
+  LSTMScanToFused    a scan whose cell is the LSTM cell (std/rnn.nn's LSTMCell, or the same gates written in
+                     another order) -> lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh): torch.nn.LSTM's fused kernel
+                     (oneDNN on CPU) in place of a Python loop of small ops; the layers' weights are read with
+                     layer_param, so the parameters and their names do not change.
+  ChannelsLast       a model whose 2-d convolutions are activation-heavy runs them in NHWC (graph.memory_format):
+                     codegen converts the module's 4-d weights once and the 4-d float inputs on entry (outputs are
+                     given back NCHW); a standard_layout op before each flatten ends the NHWC region so that the
+                     gradient comes back NHWC. Same values; oneDNN's NHWC kernels are faster (see the class).
+  FoldConvBatchNorm  conv -> batch_norm pairs whose convolution output feeds only the norm (graph.conv_bn_folds):
+                     codegen writes them as one call that, in inference (eval mode and autograd off), runs a
+                     single convolution with the norm folded into its weights, w' = w g / sqrt(var + eps),
+                     b' = (b - mean) g / sqrt(var + eps) + beta, cached until a weight or a statistic changes;
+                     in training (or with autograd on) it is the convolution then the norm, as written.
+  InplaceActivations relu / leaky_relu / sigmoid / tanh overwrite an input that nothing else reads and that the
+                     producer's backward does not need (graph.inplace): less memory, no extra buffer to write.
+
+A rewrite that does not find its pattern leaves the graph as it is. The passes only match what they can prove
+equal; they never guess.
+"""
+from __future__ import annotations
+
+import math
+
+from nnspec.compiler.ir import Graph, Node
+from nnspec.compiler.shapes import TensorType
+
+NEG_INF = -math.inf
+
+
+# ------------------------------------------------------------------------------------------ graph helpers
+def consumers(graph: Graph, ref: tuple) -> list:
+    """(node id, input index) of every use of the value `ref`."""
+    out = []
+    for nid in graph.users(ref[0]):
+        for i, r in enumerate(graph.nodes[nid].inputs):
+            if tuple(r) == tuple(ref):
+                out.append((nid, i))
+    return out
+
+
+def is_result(graph: Graph, ref: tuple) -> bool:
+    return tuple(ref) in {tuple(r) for r in graph.result_refs()}
+
+
+def only_used_by(graph: Graph, ref: tuple, consumer: str) -> bool:
+    """The value is read once, by `consumer`, and is not an output, loss or metric."""
+    uses = consumers(graph, ref)
+    return len(uses) == 1 and uses[0][0] == consumer and not is_result(graph, ref)
+
+
+def replace_uses(graph: Graph, old: tuple, new: tuple) -> None:
+    """Every reader of `old` (nodes and the result tables) reads `new` instead."""
+    old, new = tuple(old), tuple(new)
+    for nid in graph.users(old[0]):
+        node = graph.nodes[nid]
+        if old in [tuple(r) for r in node.inputs]:
+            graph.set_inputs(nid, [new if tuple(r) == old else r for r in node.inputs])
+    for table in (graph.outputs, graph.losses, graph.metrics):
+        for name, ref in table.items():
+            if tuple(ref) == old:
+                table[name] = new
+
+
+def insert_before(graph: Graph, node: Node, anchor: str) -> Node:
+    """Add `node` so that codegen, which follows insertion order where the dataflow allows, writes it where
+    `anchor` was written."""
+    graph.add_node(node)
+    order = list(graph.nodes)
+    order.remove(node.id)
+    order.insert(order.index(anchor), node.id)
+    graph.nodes = {k: graph.nodes[k] for k in order}
+    return node
+
+
+def producer(graph: Graph, ref: tuple) -> Node:
+    return graph.nodes[ref[0]]
+
+
+def constant_value(graph: Graph, ref: tuple):
+    node = producer(graph, ref)
+    return node.attrs["value"] if node.op == "constant" else None
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _each_graph(graph: Graph):
+    """The graph and every scan body inside it."""
+    yield graph
+    for node in list(graph.nodes.values()):
+        body = node.attrs.get("body")
+        if isinstance(body, Graph):
+            yield from _each_graph(body)
+
+
+# ------------------------------------------------------------------------------------------ identities
+IDENTITY_OPS = ("identity", "dropout", "alpha_dropout", "dropout2d")
+
+
+class RemoveIdentities:
+    """`identity`, and dropouts with p = 0 (they return their input and draw no random numbers): their
+    readers read the input instead, and the node goes."""
+
+    name = "remove_identities"
+
+    def run(self, graph: Graph) -> Graph:
+        for g in _each_graph(graph):
+            for node in list(g.nodes.values()):
+                if node.op in IDENTITY_OPS and (node.op == "identity" or node.attrs.get("p") == 0.0):
+                    replace_uses(g, (node.id, 0), tuple(node.inputs[0]))
+                    g.remove_node(node.id)
+        return graph
+
+
+# ------------------------------------------------------------------------------------------ attention
+class AttentionToSDPA:
+    name = "attention_to_sdpa"
+
+    def run(self, graph: Graph) -> Graph:
+        for g in _each_graph(graph):
+            for nid in list(g.nodes):
+                node = g.nodes.get(nid)
+                if node is not None and node.op == "matmul":
+                    found = match_attention(g, node)
+                    if found is not None:
+                        _to_sdpa(g, node, found)
+        return graph
+
+
+def match_attention(graph: Graph, pv: Node) -> dict | None:
+    """q, k, v, scale and causality of `pv` = softmax(q k^T * scale + mask) v, or None if it is not that."""
+    p_ref, v_ref = (tuple(r) for r in pv.inputs)
+    p = producer(graph, p_ref)
+    if p.op == "dropout":                      # attention dropout: only p = 0 is the identity SDPA can absorb
+        if p.attrs["p"] != 0.0 or not only_used_by(graph, p_ref, pv.id):
+            return None
+        user, p_ref = p.id, tuple(p.inputs[0])
+        p = producer(graph, p_ref)
+    else:
+        user = pv.id
+    if p.op != "softmax" or not only_used_by(graph, p_ref, user):
+        return None
+    rank = graph.type_of(p_ref).rank
+    if p.attrs["dim"] % rank != rank - 1:
+        return None
+    s_ref, user = tuple(p.inputs[0]), p.id
+    scale, mask = 1.0, None
+    scaled = False
+    for _ in range(3):                          # scale and mask, in either order, each at most once
+        if not only_used_by(graph, s_ref, user):
+            return None
+        node = producer(graph, s_ref)
+        step = _score_step(graph, node, scaled, mask is not None)
+        if step is None:
+            break
+        kind, value, s_ref = step
+        if kind == "scale":
+            scale, scaled = scale * value, True
+        else:
+            mask = value
+        user = node.id
+    qk = producer(graph, s_ref)
+    if qk.op != "matmul" or not only_used_by(graph, s_ref, user):
+        return None
+    q_ref, kt_ref = (tuple(r) for r in qk.inputs)
+    k_ref = _untransposed(graph, kt_ref)
+    if k_ref is None:
+        return None
+    q, k, v = graph.type_of(q_ref), graph.type_of(k_ref), graph.type_of(v_ref)
+    if not (q.is_float and k.is_float and v.is_float) or not q.rank == k.rank == v.rank >= 2:
+        return None
+    if not tuple(q.shape[:-2]) == tuple(k.shape[:-2]) == tuple(v.shape[:-2]):
+        return None                             # broadcasting batch dims: left to matmul
+    causal = False
+    if mask is not None:
+        length = _causal_length(graph, mask)
+        if length is None or not (q.shape[-2] == k.shape[-2] == length):
+            return None                         # only the causal mask is rewritten (see the module docstring)
+        causal = True
+    return {"q": q_ref, "k": k_ref, "v": v_ref, "scale": float(scale), "causal": causal}
+
+
+def _score_step(graph: Graph, node: Node, scaled: bool, masked: bool):
+    """('scale', factor, rest) or ('mask', (kind, mask ref), rest) for one op on the attention scores."""
+    ins = [tuple(r) for r in node.inputs]
+    if node.op in ("div", "mul") and not scaled:
+        for i in (1, 0) if node.op == "mul" else (1,):
+            c = constant_value(graph, ins[i])
+            if _number(c) and c != 0 and math.isfinite(c):
+                return "scale", (1.0 / c if node.op == "div" else float(c)), ins[1 - i]
+        return None
+    if masked:
+        return None
+    if node.op == "masked_fill" and node.attrs["value"] == NEG_INF:
+        return "mask", ("fill", ins[1]), ins[0]
+    if node.op == "where" and _is_neg_inf(graph, ins[2]):
+        return "mask", ("keep", ins[0]), ins[1]
+    if node.op == "add":
+        for i in (1, 0):
+            t = graph.type_of(ins[i])
+            if t.rank == 2 and t.is_float and _zero_or_neg_inf(graph, ins[i]) is not None:
+                return "mask", ("add", ins[i]), ins[1 - i]
+    return None
+
+
+def _is_neg_inf(graph: Graph, ref: tuple) -> bool:
+    """-inf as a constant or as full(shape, -inf)."""
+    node = producer(graph, ref)
+    return constant_value(graph, ref) == NEG_INF or (node.op == "full" and node.attrs["value"] == NEG_INF)
+
+
+def _zero_or_neg_inf(graph: Graph, ref: tuple):
+    """The `future` mask of an additive mask built as masked_fill(zeros, future, -inf), else None."""
+    node = producer(graph, ref)
+    if node.op != "masked_fill" or node.attrs["value"] != NEG_INF:
+        return None
+    base = producer(graph, tuple(node.inputs[0]))
+    if base.op == "zeros" or (base.op == "full" and base.attrs["value"] == 0):
+        return tuple(node.inputs[1])
+    return None
+
+
+def _causal_length(graph: Graph, mask) -> object | None:
+    """T if the mask is the causal mask of T positions (position i sees keys j <= i), else None."""
+    kind, ref = mask
+    if kind == "add":
+        ref = _zero_or_neg_inf(graph, ref)
+        kind = "fill"
+    node = producer(graph, ref)
+    if node.op not in ("gt", "lt", "ge", "le") or len(node.inputs) != 2:
+        return None
+    a, b = (_index_role(graph, tuple(r)) for r in node.inputs)
+    if a is None or b is None or a[0] != b[0] or a[1] == b[1]:
+        return None
+    # the comparison as a relation between the key index j (columns) and the query index i (rows)
+    flip = {"gt": "lt", "lt": "gt", "ge": "le", "le": "ge"}
+    rel = node.op if a[1] == "col" else flip[node.op]          # now: j REL i
+    if kind == "fill" and rel == "gt":                          # hide j > i
+        return a[0]
+    if kind == "keep" and rel == "le":                          # keep j <= i
+        return a[0]
+    return None
+
+
+def _index_role(graph: Graph, ref: tuple):
+    """(N, 'row') for arange(N) shaped [N, 1], (N, 'col') for arange(N) shaped [1, N] or [N]; else None."""
+    node = producer(graph, ref)
+    t = graph.type_of(ref)
+    if node.op == "arange":
+        return node.attrs["end"], "col"
+    if node.op in ("unsqueeze", "reshape") and t.rank == 2:
+        src = producer(graph, tuple(node.inputs[0]))
+        if src.op != "arange":
+            return None
+        n = src.attrs["end"]
+        if tuple(t.shape) == (1, n):
+            return n, "col"
+        if tuple(t.shape) == (n, 1):
+            return n, "row"
+    return None
+
+
+def _untransposed(graph: Graph, ref: tuple):
+    """K for a value that is K with its last two dimensions swapped (transpose or permute), else None."""
+    node = producer(graph, ref)
+    rank = graph.type_of(ref).rank
+    if node.op == "transpose":
+        dims = {node.attrs["dim0"] % rank, node.attrs["dim1"] % rank}
+        return tuple(node.inputs[0]) if dims == {rank - 2, rank - 1} else None
+    if node.op == "permute":
+        dims = [d % rank for d in node.attrs["dims"]]
+        return tuple(node.inputs[0]) if dims == list(range(rank - 2)) + [rank - 1, rank - 2] else None
+    return None
+
+
+def _to_sdpa(graph: Graph, pv: Node, found: dict) -> None:
+    attrs = {"is_causal": found["causal"], "scale": found["scale"]}
+    node = Node(graph.fresh_id("attention"), "scaled_dot_product_attention", [found["q"], found["k"], found["v"]],
+                attrs, list(pv.outputs), span=pv.span, path=pv.path, label=pv.label or "attention")
+    insert_before(graph, node, pv.id)
+    replace_uses(graph, (pv.id, 0), (node.id, 0))
+    graph.remove_node(pv.id)     # the scores, the softmax and the mask are dead now: dce removes them
+
+
+# ------------------------------------------------------------------------------------------ LSTM
+class LSTMScanToFused:
+    name = "lstm_scan_to_fused"
+
+    def run(self, graph: Graph) -> Graph:
+        for nid in list(graph.nodes):
+            node = graph.nodes[nid]
+            if node.op == "scan":
+                cell = match_lstm_scan(graph, node)
+                if cell is not None:
+                    _to_lstm(graph, node, cell)
+        return graph
+
+
+def match_lstm_scan(graph: Graph, scan: Node) -> dict | None:
+    """The two linear layers and the sizes of an LSTM cell scanned forwards over dim 0 or 1, or None."""
+    a = scan.attrs
+    if not a.get("has_xs") or a.get("n_carries") != 2 or a.get("reverse") or a.get("axis") not in (0, 1):
+        return None
+    if graph.type_of(tuple(scan.inputs[0])).rank != 3:
+        return None
+    body: Graph = a["body"]
+    if len(body.inputs) != 3 or set(body.outputs) != {"carry0", "carry1", "y"}:
+        return None
+    x_in, h_in, c_in = ((i, 0) for i in body.inputs)
+    h_ref, c_ref = tuple(body.outputs["carry0"]), tuple(body.outputs["carry1"])
+    if tuple(body.outputs["y"]) != h_ref:
+        return None
+    gates = {}                                   # chunk output index -> activation applied to it
+
+    def gate(ref, act):
+        """The chunk output behind act(chunk[k]); records k."""
+        n = producer(body, ref)
+        if n.op != act:
+            return None
+        src = tuple(n.inputs[0])
+        chunk = producer(body, src)
+        if chunk.op != "chunk" or chunk.attrs["chunks"] != 4 or chunk.attrs["dim"] % 2 != 1:
+            return None
+        gates[src[1]] = (act, chunk.id)
+        return chunk.id
+
+    # h' = sigmoid(o) * tanh(c')
+    h_node = producer(body, h_ref)
+    if h_node.op != "mul":
+        return None
+    ok = False
+    for x, y in _orders(h_node):
+        t = producer(body, y)
+        if t.op == "tanh" and tuple(t.inputs[0]) == c_ref and gate(x, "sigmoid") is not None:
+            ok = True
+            break
+    if not ok:
+        return None
+    # c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
+    c_node = producer(body, c_ref)
+    if c_node.op != "add":
+        return None
+    kept = fresh = False
+    for term in (tuple(r) for r in c_node.inputs):
+        t = producer(body, term)
+        if t.op != "mul":
+            return None
+        for x, y in _orders(t):
+            if y == c_in and gate(x, "sigmoid") is not None:
+                kept = True
+                break
+            if gate(x, "sigmoid") is not None and gate(y, "tanh") is not None:
+                fresh = True
+                break
+    if not (kept and fresh):
+        return None
+    # gate order i, f, g, o (torch's): chunk 0 = sigmoid -> i (with tanh(g)), 1 -> f (with c), 2 = tanh, 3 -> o
+    chunk_ids = {cid for _, cid in gates.values()}
+    if len(chunk_ids) != 1 or set(gates) != {0, 1, 2, 3}:
+        return None
+    if [gates[k][0] for k in range(4)] != ["sigmoid", "sigmoid", "tanh", "sigmoid"]:
+        return None
+    if not _gate_roles(body, c_node, h_node, c_in):
+        return None
+    chunk = body.nodes[chunk_ids.pop()]
+    pre = producer(body, tuple(chunk.inputs[0]))
+    if pre.op != "add":
+        return None
+    lin = {}
+    for r in (tuple(x) for x in pre.inputs):
+        n = producer(body, r)
+        if n.op != "linear" or n.module is None:
+            return None
+        src = tuple(n.inputs[0])
+        lin["ih" if src == x_in else "hh" if src == h_in else "?"] = n
+    if set(lin) != {"ih", "hh"} or lin["ih"].attrs["bias"] != lin["hh"].attrs["bias"]:
+        return None
+    hidden = body.type_of(h_in).shape[-1]
+    if lin["hh"].attrs["out_features"] != 4 * hidden or body.type_of(h_in).rank != 2:
+        return None
+    return {"ih": lin["ih"].module, "hh": lin["hh"].module, "bias": lin["ih"].attrs["bias"], "hidden": hidden}
+
+
+def _orders(node: Node):
+    a, b = (tuple(r) for r in node.inputs)
+    return ((a, b), (b, a))
+
+
+def _gate_roles(body: Graph, c_node: Node, h_node: Node, c_in) -> bool:
+    """Chunk 1 (f) scales the old cell state, chunk 0 (i) the candidate, chunk 3 (o) the output."""
+    def chunk_index(ref):
+        n = producer(body, ref)
+        return tuple(n.inputs[0])[1] if n.op in ("sigmoid", "tanh") else None
+    for term in (tuple(r) for r in c_node.inputs):
+        t = producer(body, term)
+        refs = [tuple(r) for r in t.inputs]
+        idx = sorted(i for i in (chunk_index(r) for r in refs if r != c_in) if i is not None)
+        if c_in in refs and idx != [1]:
+            return False
+        if c_in not in refs and idx != [0, 2]:
+            return False
+    idx = [chunk_index(tuple(r)) for r in h_node.inputs]
+    return 3 in idx
+
+
+def _to_lstm(graph: Graph, scan: Node, cell: dict) -> None:
+    xs, h0, c0 = (tuple(r) for r in scan.inputs)
+    ys_t, h_t, c_t = scan.outputs
+    state_t = h_t.with_shape((1,) + tuple(h_t.shape))
+    labels = scan.out_labels or [scan.label or "ys", "h_n", "c_n"]
+
+    def add(op, inputs, attrs, outputs, label, module=None, out_labels=None):
+        n = Node(graph.fresh_id(label), op, inputs, attrs, outputs, module=module, span=scan.span, path=scan.path,
+                 label=label, out_labels=out_labels)
+        insert_before(graph, n, scan.id)
+        return n
+
+    def weight(module, param):
+        spec = next(p for p in graph.modules[module].params if p.name == param)
+        return (add("layer_param", [], {"param": param}, [TensorType(ys_t.dtype, tuple(spec.shape))],
+                    f"{module.replace('.', '_')}_{param}", module=module).id, 0)
+
+    h0u = add("unsqueeze", [h0], {"dim": 0}, [state_t], "h0").id
+    c0u = add("unsqueeze", [c0], {"dim": 0}, [state_t], "c0").id
+    weights = [weight(cell["ih"], "weight"), weight(cell["hh"], "weight")]
+    if cell["bias"]:
+        weights += [weight(cell["ih"], "bias"), weight(cell["hh"], "bias")]
+    lstm = add("lstm", [xs, (h0u, 0), (c0u, 0)] + weights, {"batch_first": scan.attrs["axis"] == 1},
+               [ys_t, state_t, state_t], labels[0], out_labels=[labels[0], f"{labels[1]}_all", f"{labels[2]}_all"])
+    h_n = add("squeeze", [(lstm.id, 1)], {"dim": 0}, [h_t], labels[1])
+    c_n = add("squeeze", [(lstm.id, 2)], {"dim": 0}, [c_t], labels[2])
+    for k, new in enumerate([(lstm.id, 0), (h_n.id, 0), (c_n.id, 0)]):
+        replace_uses(graph, (scan.id, k), new)
+    graph.remove_node(scan.id)
+
+
+# ------------------------------------------------------------------------------------------ layout
+LAYOUT_EXITS = ("flatten", "reshape")
+ACTIVATIONS_PER_WEIGHT = 0.5   # channels-last when the convolutions' outputs per sample exceed this x their weights
+
+
+class ChannelsLast:
+    """Run the 2-d convolutions of a model channels-last when its convolutions are activation-heavy, and put a
+    `standard_layout` before each flatten or reshape of a 4-d value: the values after it are in the usual layout,
+    and the gradient flowing back into the channels-last region is channels-last too (without it, max pooling's
+    backward receives a standard-layout gradient and copies its gradient and indices to the other layout).
+
+    The choice, measured on this project's 2-core machine (oneDNN): channels-last pays where the convolutions'
+    outputs are large against their weights (NHWC kernels of convolution, pooling and activations win) and costs
+    where the weights dominate (weight gradients come back in the standard layout, and autograd copies each one to
+    the weight's channels-last layout). mnist_cnn: outputs per sample / weights = 1.6, training step 0.68x, memory
+    equal; resnet18 at 64x64: 0.02, step 1.02x and +10% memory. So: channels-last when the ratio is at least
+    ACTIVATIONS_PER_WEIGHT, with every spatial size known (a symbolic image size leaves the model as it is)."""
+
+    name = "channels_last"
+
+    def run(self, graph: Graph) -> Graph:
+        ratio = activations_per_weight(graph)
+        on = ratio is not None and ratio >= ACTIVATIONS_PER_WEIGHT
+        graph.memory_format = "channels_last" if on else None  # type: ignore[attr-defined]
+        if on:
+            for node in list(graph.nodes.values()):
+                src = tuple(node.inputs[0]) if node.inputs else None
+                if node.op in LAYOUT_EXITS and src is not None and graph.type_of(src).rank == 4 \
+                        and graph.type_of(src).is_float and producer(graph, src).op != "standard_layout":
+                    exit_ = Node(graph.fresh_id("standard_layout"), "standard_layout", [src], {},
+                                 [graph.type_of(src)], span=node.span, path=node.path,
+                                 label=producer(graph, src).label)
+                    insert_before(graph, exit_, node.id)
+                    graph.set_inputs(node.id, [(exit_.id, 0)] + list(node.inputs[1:]))
+        return graph
+
+
+def activations_per_weight(graph: Graph) -> float | None:
+    """Sum over the 2-d convolutions of their output elements per sample, over the sum of their weights' elements;
+    None without 4-d convolutions or when a size other than the batch is symbolic."""
+    from nnspec.compiler.shapes import is_concrete, numel
+    outputs = weights = 0
+    for g in _each_graph(graph):
+        for n in g.nodes.values():
+            if n.op != "conv2d" or g.type_of(tuple(n.inputs[0])).rank != 4 or n.module not in graph.modules:
+                continue
+            per_sample = numel(n.outputs[0].shape[1:])
+            w = next((p for p in graph.modules[n.module].params if p.name == "weight"), None)
+            if not is_concrete(per_sample) or w is None:
+                return None
+            outputs += per_sample
+            weights += numel(w.shape)
+    return outputs / weights if weights else None
+
+
+def layout_lines(graph: Graph, arg_names: list, out_types: list) -> tuple[list, list, list]:
+    """Codegen of ChannelsLast: lines for __init__, lines that start forward(), and whether each output is
+    given back in the standard (contiguous) layout."""
+    if getattr(graph, "memory_format", None) != "channels_last":
+        return [], [], [False] * len(out_types)
+    init = ["self.to(memory_format=torch.channels_last)  # NHWC weights: faster convolutions (nnspec: channels_last)"]
+    prologue = []
+    for nid, name in zip(graph.inputs, arg_names):
+        t = graph.nodes[nid].outputs[0]
+        if t.rank == 4 and t.is_float:
+            prologue.append(f"{name} = {name}.contiguous(memory_format=torch.channels_last)  # NHWC, as the weights")
+    return init, prologue, [t.rank == 4 for t in out_types]
+
+
+# ------------------------------------------------------------------------------------------ conv + batch norm
+FOLDABLE_CONVS = ("conv1d", "conv2d", "conv3d")
+
+
+class FoldConvBatchNorm:
+    name = "fold_conv_batch_norm"
+
+    def run(self, graph: Graph) -> Graph:
+        folds = {}
+        for node in graph.nodes.values():
+            if node.op != "batch_norm" or node.module is None:
+                continue
+            src = tuple(node.inputs[0])
+            conv = producer(graph, src)
+            if conv.op in FOLDABLE_CONVS and conv.module is not None and only_used_by(graph, src, node.id):
+                folds[node.id] = conv.id
+        graph.conv_bn_folds = folds  # type: ignore[attr-defined]
+        return graph
+
+
+# ------------------------------------------------------------------------------------------ in-place activations
+# activations whose backward reads their output (so overwriting the input is safe), and the in-place call
+INPLACE_ACTIVATIONS = {
+    "relu": lambda x, a: f"F.relu({x}, inplace=True)",
+    "leaky_relu": lambda x, a: f"F.leaky_relu({x}, {a['negative_slope']!r}, inplace=True)",
+    "sigmoid": lambda x, a: f"torch.sigmoid_({x})",
+    "tanh": lambda x, a: f"torch.tanh_({x})",
+}
+# producers that write a fresh tensor and whose backward does not read it (it reads their inputs)
+FRESH_UNSAVED = {"linear", "conv1d", "conv2d", "conv3d", "conv_transpose2d", "batch_norm", "layer_norm", "group_norm",
+                 "add", "sub", "matmul"}
+
+
+class InplaceActivations:
+    """relu, leaky_relu (slope > 0), sigmoid and tanh overwrite their input (graph.inplace, written by codegen as
+    F.relu(h, inplace=True), ...) when that input is read by nothing else, is not a result, and comes from an op
+    that writes a new tensor and keeps its inputs, not its output, for the backward pass (a layer, a norm, a sum):
+    then autograd needs the value nowhere, and one activation-sized buffer per layer is neither allocated nor
+    written (mnist_cnn: peak training memory 0.75x). The module's forward only: nnspec's own backward files keep
+    every value they save."""
+
+    name = "inplace_activations"
+
+    def run(self, graph: Graph) -> Graph:
+        chosen = set()
+        for node in graph.nodes.values():
+            if node.op not in INPLACE_ACTIVATIONS or (node.op == "leaky_relu" and not node.attrs["negative_slope"] > 0):
+                continue
+            src = tuple(node.inputs[0])
+            if producer(graph, src).op in FRESH_UNSAVED and only_used_by(graph, src, node.id) \
+                    and graph.type_of(src).is_float:
+                chosen.add(node.id)
+        graph.inplace = chosen  # type: ignore[attr-defined]
+        return graph
+
+
+CONV_BN_HELPER = '''
+def _conv_bn(conv, bn, x):
+    """bn(conv(x)). In inference (eval mode, autograd off) the batch norm is folded into the convolution:
+    w' = w * g / sqrt(var + eps), b' = (b - mean) * g / sqrt(var + eps) + beta, one convolution and no pass over
+    its output; the folded weights are kept until a weight or a running statistic changes (version counters)."""
+    if bn.training or torch.is_grad_enabled():
+        return bn(conv(x))
+    tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype) for t in tensors)
+    cache = conv.__dict__.setdefault("_nnspec_folded", {})
+    hit = cache.get(id(bn))
+    if hit is None or hit[0] != key:
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        weight = conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
+        bias = (-bn.running_mean if conv.bias is None else conv.bias - bn.running_mean) * scale
+        if bn.bias is not None:
+            bias = bias + bn.bias
+        hit = cache[id(bn)] = (key, weight, bias)
+    return conv._conv_forward(x, hit[1], hit[2])
+'''
+
+
+# ------------------------------------------------------------------------------------------ linear + cross-entropy
+class LinearCrossEntropy:
+    """cross_entropy(reshape(x @ W^T, [N, V]), reshape(y, [N])) (mean, no label smoothing), the logits being
+    a product with a weight matrix (a `param`, or a bias-free linear layer's weight) -> linear_cross_entropy(x, W, y):
+    the gradient is taken in the forward pass, block by block of rows, so neither the log-softmax of the logits nor
+    the gradient of the logits (each as large as the logits: batch x tokens x vocabulary) is ever stored. The logits
+    are still computed (and stay an output when the spec returns them)."""
+
+    name = "linear_cross_entropy"
+
+    def run(self, graph: Graph) -> Graph:
+        for nid in list(graph.nodes):
+            node = graph.nodes.get(nid)
+            if node is not None and node.op == "cross_entropy":
+                found = match_linear_cross_entropy(graph, node)
+                if found is not None:
+                    _to_linear_cross_entropy(graph, node, found)
+        return graph
+
+
+def match_linear_cross_entropy(graph: Graph, ce: Node) -> dict | None:
+    from nnspec.compiler.shapes import numel
+    if ce.attrs["reduction"] != "mean" or ce.attrs["label_smoothing"] != 0.0:
+        return None
+    logits_ref, target_ref = (tuple(r) for r in ce.inputs)
+    if graph.type_of(target_ref).dtype not in ("i32", "i64") or graph.type_of(logits_ref).rank != 2:
+        return None
+    node = producer(graph, logits_ref)
+    if node.op == "reshape":                     # [..., V] -> [N, V]
+        logits_ref = tuple(node.inputs[0])
+        if not only_used_by(graph, (node.id, 0), ce.id):
+            return None
+    t = producer(graph, target_ref)
+    if t.op == "reshape":
+        target_ref = tuple(t.inputs[0])
+    lt, yt = graph.type_of(logits_ref), graph.type_of(target_ref)
+    if tuple(yt.shape) != tuple(lt.shape[:-1]) or numel(lt.shape[:-1]) != graph.type_of(tuple(ce.inputs[0])).shape[0]:
+        return None
+    mm = producer(graph, logits_ref)
+    if mm.op != "matmul" or logits_ref[1] != 0:
+        return None
+    x_ref, wt_ref = (tuple(r) for r in mm.inputs)
+    if graph.type_of(wt_ref).rank != 2 or graph.type_of(x_ref).rank < 2:
+        return None
+    w_ref = _untransposed(graph, wt_ref)
+    if w_ref is None or not graph.type_of(x_ref).is_float:
+        return None
+    return {"x": x_ref, "w": w_ref, "target": target_ref, "logits": mm}
+
+
+def _to_linear_cross_entropy(graph: Graph, ce: Node, found: dict) -> None:
+    mm = found["logits"]
+    node = Node(graph.fresh_id("linear_cross_entropy"), "linear_cross_entropy",
+                [found["x"], found["w"], found["target"]], {"ignore_index": ce.attrs["ignore_index"]},
+                [mm.outputs[0], ce.outputs[0]], span=ce.span, path=ce.path, label=mm.label or "logits",
+                out_labels=[mm.label or "logits", ce.label or "loss"])
+    insert_before(graph, node, mm.id)
+    replace_uses(graph, (mm.id, 0), (node.id, 0))
+    replace_uses(graph, (ce.id, 0), (node.id, 1))
+    graph.remove_node(ce.id)
+    graph.remove_node(mm.id)     # the reshapes and the transpose are dead now: dce removes them
+
+
+LINEAR_CROSS_ENTROPY_HELPER = '''
+class _LinearCrossEntropy(torch.autograd.Function):
+    """(logits, loss): logits = x w^T, loss = their cross-entropy with target, the mean over the targets that are not
+    ignore_index. The forward pass also takes the loss's gradient, one block of rows at a time: g = (softmax(logits)
+    - one-hot) / count, dx = g w, dw = g^T x. The softmax and the gradient of the logits, each as large as the
+    logits, are never held whole; backward only scales dx and dw (and adds what reaches the logits themselves)."""
+
+    @staticmethod
+    def forward(ctx, x, w, target, ignore_index):
+        ctx.set_materialize_grads(False)
+        logits = x @ w.t()
+        flat, x2, t = logits.reshape(-1, w.shape[0]), x.reshape(-1, x.shape[-1]), target.reshape(-1)
+        keep = t != ignore_index
+        pick = t.clamp(0, w.shape[0] - 1)[:, None]
+        count = keep.sum().to(logits.dtype)
+        dx = torch.empty_like(x2) if ctx.needs_input_grad[0] else None
+        dw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        total = logits.new_zeros(())
+        every = bool(keep.all())
+        rows = max(1, min((1 << 24) // w.shape[0], -(-flat.shape[0] // 4)))  # <= 16M logits, >= 4 blocks
+        for s in range(0, flat.shape[0], rows):
+            logp = torch.log_softmax(flat[s:s + rows], dim=1)
+            k, p = keep[s:s + rows], pick[s:s + rows]
+            total -= (logp.gather(1, p)[:, 0] * k).sum()
+            if dx is not None or dw is not None:
+                g = logp.exp_()                         # the softmax, in the buffer of the log-probabilities
+                g.scatter_add_(1, p, torch.full_like(p, -1.0, dtype=g.dtype))
+                if not every:
+                    g *= k[:, None]
+                if dx is not None:
+                    torch.mm(g, w, out=dx[s:s + rows])
+                if dw is not None:
+                    dw.addmm_(g.t(), x2[s:s + rows])
+        ctx.save_for_backward(x, w, dx, dw, count)
+        return logits, total / count
+
+    @staticmethod
+    def backward(ctx, g_logits, g_loss):
+        x, w, dx, dw, count = ctx.saved_tensors
+        gx = gw = None
+        if g_loss is not None:
+            gx = None if dx is None else (dx * (g_loss / count)).reshape(x.shape)
+            gw = None if dw is None else dw * (g_loss / count)
+        if g_logits is not None:
+            g2 = g_logits.reshape(-1, w.shape[0])
+            if ctx.needs_input_grad[0]:
+                gx = (g_logits @ w) if gx is None else gx + g_logits @ w
+            if ctx.needs_input_grad[1]:
+                more = g2.t() @ x.reshape(-1, x.shape[-1])
+                gw = more if gw is None else gw + more
+        return gx, gw, None, None
+
+
+def _linear_cross_entropy(x, w, target, ignore_index):
+    """(x w^T, cross_entropy(x w^T, target)); see _LinearCrossEntropy. No target: (logits, None)."""
+    if target is None or not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+        logits = x @ w.t()
+        if target is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.reshape(-1, w.shape[0]), target.reshape(-1), ignore_index=ignore_index)
+    return _LinearCrossEntropy.apply(x, w, target, ignore_index)
+'''
+
+STANDARD_LAYOUT_HELPER = '''
+class _StandardLayout(torch.autograd.Function):
+    """x in the standard layout; its gradient goes back channels-last, the layout of the layers before it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.contiguous()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.contiguous(memory_format=torch.channels_last)
+
+
+def _standard_layout(x):
+    """Where a channels-last region ends (before a flatten): standard layout forward, channels-last backward."""
+    if x.dim() == 4 and x.requires_grad and torch.is_grad_enabled():
+        return _StandardLayout.apply(x)
+    return x.contiguous()
+'''
+
+FORWARD_HELPERS = {"_conv_bn": CONV_BN_HELPER, "_linear_cross_entropy": LINEAR_CROSS_ENTROPY_HELPER,
+                   "_standard_layout": STANDARD_LAYOUT_HELPER}
+
+
+def forward_helpers(lines: list) -> str:
+    """Source of the helpers the forward lines call (copied into the generated file, which imports no nnspec)."""
+    text = "\n".join(lines)
+    used = [src.strip() + "\n" for name, src in FORWARD_HELPERS.items() if f"{name}(" in text]
+    return "\n\n".join(used)
