@@ -40,6 +40,8 @@ Decisions written down here:
 """
 from __future__ import annotations
 
+import abc
+
 import copy
 import hashlib
 import json
@@ -57,16 +59,19 @@ REQUIRED = object()
 # ------------------------------------------------------------------------------------------ schema types
 
 
-class Schema:
-    """One kind of value. `check` returns the normalised value or raises through `ctx.error`."""
+class Schema(abc.ABC):
+    """One kind of value (an abstract base). `check` returns the normalised value or raises through
+    `ctx.error`; `describe` says in words what is expected."""
 
     doc = ""
 
+    @abc.abstractmethod
     def check(self, value, path: tuple, ctx: "Config"):
-        raise NotImplementedError
+        """The normalised value, or an error naming the key path."""
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """What the value must be, for messages and `nnspec train --schema`."""
 
 
 def _found(value) -> str:
