@@ -13,7 +13,6 @@ import builtins
 import keyword
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from nnspec.compiler.ir import Graph, ModuleInfo, Node, ParamSpec, is_identifier
 from nnspec.compiler.ops import REGISTRY

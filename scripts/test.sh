@@ -6,4 +6,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 export TRITON_INTERPRET=1
+python -m ruff check .       # lint (pyflakes + pycodestyle rules, configured in pyproject.toml)
 exec python -m pytest -q -p no:cacheprovider "$@"

@@ -221,7 +221,7 @@ def payload(marker: Path) -> str:
 
 def test_the_injection_check_catches_a_payload(tmp_path):
     # the checker below does refuse code that runs a payload, so its passing means something
-    for bad in (f"import os\nclass M: pass\n", f"class M:\n    x = {payload(tmp_path / 'p')}\n",
+    for bad in ("import os\nclass M: pass\n", f"class M:\n    x = {payload(tmp_path / 'p')}\n",
                 "class M:\n    def f(self):\n        os.system('x')\n"):
         with pytest.raises(AssertionError):
             assert_only_a_module(bad)
@@ -247,9 +247,9 @@ def injection_specs(marker: Path) -> dict[str, str]:
         "einsum equation with code": f'model M {{\n    input x: f32[B, 4]\n    y = einsum(x, equation="bi->b\\")\\n{p}#")\n'
                                      '    output y\n}\n',
         "cast dtype with code": f'model M {{\n    input x: f32[B, 4]\n    y = cast(x, "f32\\n{p}")\n    output y\n}}\n',
-        "keyword as an input name": f'model M {{\n    input import: f32[B, 4]\n    output import\n}}\n',
-        "reserved input name": f'model M {{\n    input self: f32[B, 4]\n    output self\n}}\n',
-        "reserved symbol": f'model M {{\n    input x: f32[torch, 4]\n    y = zeros([torch, 2])\n    output y\n}}\n',
+        "keyword as an input name": 'model M {\n    input import: f32[B, 4]\n    output import\n}\n',
+        "reserved input name": 'model M {\n    input self: f32[B, 4]\n    output self\n}\n',
+        "reserved symbol": 'model M {\n    input x: f32[torch, 4]\n    y = zeros([torch, 2])\n    output y\n}\n',
         "keyword parameter": f'model M(lambda: int = 1) {{\n{body}',
         "output and loss names": 'model M {\n    input x: f32[B, 4]\n    target t: f32[B, 2]\n    y = x |> linear(2)\n'
                                  '    loss os = mse_loss(y, t)\n    metric system = mean(y)\n    output exec = y\n}\n',

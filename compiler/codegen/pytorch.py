@@ -19,7 +19,7 @@ import jinja2
 from nnspec.compiler.ir import Graph, is_identifier
 from nnspec.compiler.ops import REGISTRY
 from nnspec.compiler.ops.registry import LowerCtx
-from nnspec.compiler.shapes import Sym, shape_str
+from nnspec.compiler.shapes import Sym
 
 VERSION = "0.1.0"
 TEMPLATES = Path(__file__).resolve().parent / "templates"

@@ -4,7 +4,7 @@ Targets (class indices, labels) take no gradient.
 """
 from __future__ import annotations
 
-from nnspec.compiler.ops.common import broadcast, float_input
+from nnspec.compiler.ops.common import float_input
 from nnspec.compiler.ops.registry import Attr, register
 from nnspec.compiler.shapes import TensorType, shape_str
 

@@ -159,6 +159,11 @@ def _convt_shape(ctx, ins, a):
     return t.with_shape(t.shape[:-3] + (a["out_channels"],) + out)
 
 
+def _convt_ctor(ins, a) -> str:
+    extra = kwargs_text(OPS["ConvTranspose2d"], a, ("stride", "padding", "output_padding", "groups", "bias", "dilation"))
+    return f"nn.ConvTranspose2d({ins[0].shape[-3]}, {a['out_channels']}, {a['kernel']!r}{', ' + extra if extra else ''})"
+
+
 OPS["ConvTranspose2d"] = register(
     "conv_transpose2d", inputs=("x",),
     attrs=(Attr("out_channels", "int"), Attr("kernel", "int_or_ints"), Attr("stride", "int_or_ints", 1),
@@ -167,9 +172,7 @@ OPS["ConvTranspose2d"] = register(
     shape=_convt_shape, lower=_call,
     params=lambda ins, a: [ParamSpec("weight", (ins[0].shape[-3], a["out_channels"] // a["groups"]) + _tuple(a["kernel"], 2),
                                      "kaiming_uniform")] + ([ParamSpec("bias", (a["out_channels"],), "fan_in_uniform")] if a["bias"] else []),
-    module=lambda ins, a: f"nn.ConvTranspose2d({ins[0].shape[-3]}, {a['out_channels']}, {a['kernel']!r}"
-                          + (", " + kwargs_text(OPS["ConvTranspose2d"], a, ("stride", "padding", "output_padding", "groups", "bias", "dilation"))
-                             if kwargs_text(OPS["ConvTranspose2d"], a, ("stride", "padding", "output_padding", "groups", "bias", "dilation")) else "") + ")",
+    module=lambda ins, a: _convt_ctor(ins, a),
     macs=lambda ins, outs, a: numel(ins[0].shape) * (a["out_channels"] // a["groups"]) * _tuple(a["kernel"], 2)[0] * _tuple(a["kernel"], 2)[1],
     category="layer", doc="2-d transposed convolution (fractionally strided)")
 

@@ -260,8 +260,6 @@ class _Fuser:
             self.group_of[nid] = g.id
 
     def why_not_join(self, g: Group, nid: str, is_row: bool, space: tuple) -> str | None:
-        graph = self.graph
-        node = graph.nodes[nid]
         if len(g.nodes) >= self.max_group:
             return f"size cap: the group already has {self.max_group} ops"
         if self.phase and self.phase[nid] != self.phase[g.nodes[0]]:

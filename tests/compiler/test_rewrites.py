@@ -11,7 +11,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import nnspec
 from nnspec.compiler.codegen.loader import materialize

@@ -92,13 +92,13 @@ def _check_grads(pairs, x_a, x_b):
 @pytest.mark.parametrize("B", [1, 4])
 def test_lstm_matches_torch(T, B):
     net = _build(LSTM_SPEC, "LSTM")
-    I, H = net.lstm.ih.in_features, net.lstm.hh.in_features
-    assert (I, H) == (16, 32)
-    ref = torch.nn.LSTM(I, H, batch_first=True).double()
+    n_in, H = net.lstm.ih.in_features, net.lstm.hh.in_features
+    assert (n_in, H) == (16, 32)
+    ref = torch.nn.LSTM(n_in, H, batch_first=True).double()
     _copy_cell(net.lstm, ref, "l0")
     assert sorted(k for k, _ in net.named_parameters()) == ["lstm.hh.bias", "lstm.hh.weight", "lstm.ih.bias",
                                                              "lstm.ih.weight"]
-    x = torch.randn(B, T, I, dtype=torch.float64)
+    x = torch.randn(B, T, n_in, dtype=torch.float64)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     hs, h_n, c_n = net(xa)
     out_ref, (h_ref, c_ref) = ref(xb)
@@ -165,8 +165,8 @@ def test_lstm_cell_update_is_not_the_seed_formula():
 
 # ---------------------------------------------------------------------------------------------- (b) vanilla RNN
 def _rnn_ref(net, bias, h_init=None):
-    I, H = net.rnn.ih.in_features, net.rnn.hh.in_features
-    ref = torch.nn.RNN(I, H, nonlinearity="tanh", bias=bias, batch_first=True).double()
+    n_in, H = net.rnn.ih.in_features, net.rnn.hh.in_features
+    ref = torch.nn.RNN(n_in, H, nonlinearity="tanh", bias=bias, batch_first=True).double()
     hy = torch.nn.Linear(H, net.hy.out_features, bias=bias).double()
     _copy_cell(net.rnn, ref, "l0")
     with torch.no_grad():
