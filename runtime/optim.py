@@ -65,7 +65,34 @@ def _check_range(name: str, value: float, low: float, high: float | None = None,
         raise ValueError(f"`{name}` must be >= {low}{upper}, got {value}")
 
 
-class HeavyBall(Optimizer):
+class _PerParameter(Optimizer):
+    """The step loop our optimizers share: the closure, the parameters with a gradient (dense only), and
+    `update(p, grad, group, state)` with each optimizer's own rule."""
+
+    coupled_weight_decay = True   # g = grad + weight_decay * w (Lion decays the weights itself)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            wd = group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                g = p.grad if wd == 0 or not self.coupled_weight_decay else p.grad.add(p, alpha=wd)
+                self.update(p, g, group, self.state[p])
+        return loss
+
+    def update(self, p, g, group, state) -> None:
+        raise AssertionError(f"{type(self).__name__} must define update()")
+
+
+class HeavyBall(_PerParameter):
     """Polyak's stochastic heavy-ball method (001:786-794):
 
         w_{k+1} = w_k - lr * g_k + momentum * (w_k - w_{k-1}),      0 <= momentum < 1
@@ -81,31 +108,16 @@ class HeavyBall(Optimizer):
         _check_range("weight_decay", weight_decay, 0.0)
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("HeavyBall does not support sparse gradients")
-                g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                state = self.state[p]
-                if "previous" not in state:
-                    state["previous"] = p.detach().clone(memory_format=torch.preserve_format)
-                prev = state["previous"]
-                delta = p - prev  # w_k - w_{k-1}
-                prev.copy_(p)
-                p.add_(g, alpha=-lr).add_(delta, alpha=beta)
-        return loss
+    def update(self, p, g, group, state) -> None:
+        if "previous" not in state:
+            state["previous"] = p.detach().clone(memory_format=torch.preserve_format)
+        prev = state["previous"]
+        delta = p - prev  # w_k - w_{k-1}
+        prev.copy_(p)
+        p.add_(g, alpha=-group["lr"]).add_(delta, alpha=group["momentum"])
 
 
-class LocalGains(Optimizer):
+class LocalGains(_PerParameter):
     """Adaptive learning rates with a local gain per weight (001:833-865):
 
         gain_ij(t) = gain_ij(t-1) + increase     if g_ij(t) * g_ij(t-1) > 0
@@ -130,45 +142,31 @@ class LocalGains(Optimizer):
         super().__init__(params, {"lr": lr, "increase": increase, "decrease": decrease, "gain_min": gain_min,
                                   "gain_max": gain_max, "momentum": momentum, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("LocalGains does not support sparse gradients")
-                g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["gains"] = torch.ones_like(p, memory_format=torch.preserve_format)
-                    state["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                gains = state["gains"]
-                if state["step"] > 1:
-                    same = (g * state["prev_grad"]) > 0
-                    gains.copy_(torch.where(same, gains + group["increase"], gains * group["decrease"]))
-                    gains.clamp_(group["gain_min"], group["gain_max"])
-                state["prev_grad"].copy_(g)
-                update = gains * g
-                if mu:
-                    if "velocity" not in state:
-                        state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    v = state["velocity"]
-                    v.mul_(mu).add_(update, alpha=-lr)
-                    p.add_(v)
-                else:
-                    p.add_(update, alpha=-lr)
-        return loss
+    def update(self, p, g, group, state) -> None:
+        lr, mu = group["lr"], group["momentum"]
+        if not state:
+            state["step"] = 0
+            state["gains"] = torch.ones_like(p, memory_format=torch.preserve_format)
+            state["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        gains = state["gains"]
+        if state["step"] > 1:
+            same = (g * state["prev_grad"]) > 0
+            gains.copy_(torch.where(same, gains + group["increase"], gains * group["decrease"]))
+            gains.clamp_(group["gain_min"], group["gain_max"])
+        state["prev_grad"].copy_(g)
+        update = gains * g
+        if mu:
+            if "velocity" not in state:
+                state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            v = state["velocity"]
+            v.mul_(mu).add_(update, alpha=-lr)
+            p.add_(v)
+        else:
+            p.add_(update, alpha=-lr)
 
 
-class Lion(Optimizer):
+class Lion(_PerParameter):
     """Lion, "EvoLved Sign Momentum" (Chen et al. 2023, arXiv:2302.06675, Algorithm 2):
 
         c = beta1 * m + (1 - beta1) * g
@@ -190,30 +188,18 @@ class Lion(Optimizer):
         _check_range("weight_decay", weight_decay, 0.0)
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Lion does not support sparse gradients")
-                g = p.grad
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m = state["exp_avg"]
-                c = m.mul(b1).add_(g, alpha=1 - b1)
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(c.sign_(), alpha=-lr)
-                m.mul_(b2).add_(g, alpha=1 - b2)
-        return loss
+    coupled_weight_decay = False  # decoupled: w <- w - lr * (sign(c) + weight_decay * w)
+
+    def update(self, p, g, group, state) -> None:
+        lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        m = state["exp_avg"]
+        c = m.mul(b1).add_(g, alpha=1 - b1)
+        if wd:
+            p.mul_(1 - lr * wd)
+        p.add_(c.sign_(), alpha=-lr)
+        m.mul_(b2).add_(g, alpha=1 - b2)
 
 
 # ------------------------------------------------------------------------------------------ the table

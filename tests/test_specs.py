@@ -321,14 +321,7 @@ def _reached_body_inputs(body: Graph) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------ tests
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models here are small at the sizes used: one intra-op thread is faster than several (no
-    synchronisation per op, no spinning when other processes share the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (tests/conftest.py)
 
 
 @pytest.mark.parametrize("path", _spec_files(), ids=lambda p: p.name)

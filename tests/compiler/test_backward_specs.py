@@ -22,12 +22,7 @@ specs_helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(specs_helpers)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (tests/conftest.py)
 
 
 @pytest.mark.parametrize("path,model", specs_helpers.CASES)

@@ -55,15 +55,7 @@ TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64}
 CHECKED: dict = {}   # kernel text -> where it was checked (the session's cache: identical kernels run once)
 # the interpreter computes masked-off lanes too (log of a padding zero, 0/0): numpy warns, nothing is stored
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 # ------------------------------------------------------------------------------------------ helpers

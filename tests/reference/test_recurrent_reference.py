@@ -28,13 +28,7 @@ RNN_SPEC = str(SPECS / "rnn_vanilla.nn")
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors, many small ops: one intra-op thread is faster than several."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (tests/conftest.py)
 
 
 def _close(a, b, what):

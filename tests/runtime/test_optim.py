@@ -236,7 +236,7 @@ def test_adagrad():
 def test_adadelta():
     """001:951-979: E[g^2]_t = gamma E[g^2]_{t-1} + (1 - gamma) g_t^2;  E[dtheta^2]_t likewise with the update;
     theta_{t+1} = theta_t - RMS[dtheta]_{t-1} / RMS[g]_t * g_t, RMS[x] = sqrt(E[x^2] + eps) (Zeiler 2012).
-    The notes' subscripts are unsettled ("#TODO: sistemare pedici", 001:977): the update uses the
+    The notes leave their subscripts unsettled (a to-do note at 001:977 says so): the update uses the
     E[dtheta^2] of the PREVIOUS step, then accumulates its own square. torch scales the step by lr
     (1.0 = Zeiler's rule, the default); lr 0.5 is checked too."""
     for eta in (1.0, 0.5):
