@@ -2,14 +2,15 @@
 
     load (text or YAML, imports) -> elaborate -> infer_shapes -> validate -> dce -> cse
     optimize (nnspec.compile, `nnspec compile`): remove_identities -> attention_to_sdpa -> linear_cross_entropy
-                  -> lstm_scan_to_fused -> dce -> infer_shapes -> channels_last -> fold_conv_batch_norm
+                  -> lstm_scan_to_fused -> dce -> infer_shapes -> layouts -> fold_conv_batch_norm
                   -> inplace_activations
+                  -> pool_indices_from_input
 
 `build(spec)` runs PASSES and returns the checked graph: what `check`, `summary` and `render` show, the
 spec's own computation. `build(spec, optimize=True)` also runs OPTIMIZATIONS (compiler/passes/rewrite.py),
 rewrites that keep every output and gradient equal: spelled-out attention becomes scaled_dot_product_attention,
 a cross-entropy of x W^T one fused op that never stores the logits' softmax or gradient, an LSTM cell's scan
-torch's fused LSTM; convolutional models run channels-last; conv + batch norm fold in inference; activations
+torch's fused LSTM; each convolution runs in its faster memory layout; conv + batch norm fold in inference; activations
 overwrite inputs nothing else needs.
 `nnspec.compile` and `nnspec compile` build that way (`--no-optimize` for the spec as written).
 A failure inside a pass names the passes that ran before it. Later stages (fusion, autodiff, codegen) start
@@ -21,8 +22,8 @@ from nnspec.compiler.ir import Graph
 from nnspec.compiler.passes.cse import CommonSubexpressionElimination
 from nnspec.compiler.passes.dce import DeadCodeElimination
 from nnspec.compiler.passes.infer_shapes import InferShapes
-from nnspec.compiler.passes.rewrite import (AttentionToSDPA, ChannelsLast, FoldConvBatchNorm, InplaceActivations,
-                                            LinearCrossEntropy, LSTMScanToFused, RemoveIdentities)
+from nnspec.compiler.passes.rewrite import (AttentionToSDPA, ChooseLayouts, FoldConvBatchNorm, InplaceActivations,
+                                            LinearCrossEntropy, LSTMScanToFused, PoolIndicesFromInput, RemoveIdentities)
 from nnspec.compiler.passes.validate import Validate
 from nnspec.dsl.elaborate import elaborate
 from nnspec.dsl.loader import Program, load
@@ -30,7 +31,8 @@ from nnspec.errors import SpecError
 
 PASSES = [InferShapes(), Validate(), DeadCodeElimination(), CommonSubexpressionElimination()]
 OPTIMIZATIONS = [RemoveIdentities(), AttentionToSDPA(), LinearCrossEntropy(), LSTMScanToFused(), DeadCodeElimination(),
-                 InferShapes(), ChannelsLast(), FoldConvBatchNorm(), InplaceActivations()]
+                 InferShapes(), ChooseLayouts(), FoldConvBatchNorm(), InplaceActivations(),
+                 PoolIndicesFromInput()]
 
 
 class PassFailure(RuntimeError):

@@ -568,5 +568,5 @@ def _linear_cross_entropy_backward(g_logits, g_loss, x, w, target, ignore_index)
 
 from nnspec.compiler.passes.rewrite import FORWARD_HELPERS as _FORWARD_HELPERS  # noqa: E402
 
-for _name in ("_linear_cross_entropy", "_standard_layout"):  # forward helpers forward_saved() may call too
+for _name in ("_linear_cross_entropy", "_standard_layout", "_channels_last"):  # forward helpers forward_saved() may call too
     helper(_name)(_FORWARD_HELPERS[_name])

@@ -189,6 +189,7 @@ class _Emitter:
         self.fusion = None                  # a FusionPlan: its groups are written as calls (codegen/triton.py)
         self.folds: dict = {}               # batch norm id -> its convolution, one call (passes/rewrite.py: _conv_bn)
         self.inplace: set = set()           # activations that overwrite their input (passes/rewrite.py)
+        self.pool_from_input: set = set()   # max poolings that keep their input, not indices (passes/rewrite.py)
         self.remaining: dict[tuple, int] = {}
         for node in graph.nodes.values():
             for ref in node.inputs:
@@ -251,6 +252,8 @@ class _Emitter:
         if nid in self.inplace:
             from nnspec.compiler.passes.rewrite import INPLACE_ACTIVATIONS
             text = INPLACE_ACTIVATIONS[node.op](args[0], node.attrs)
+        if nid in self.pool_from_input:
+            text = text.replace("F.max_pool2d(", "_max_pool2d_from_input(", 1)
         base = node.label or node.op
         if len(node.outputs) == 1:
             name = self.names.fresh(base, self.remaining, self.blocked)
@@ -508,6 +511,7 @@ def generate(graph: Graph, class_name: str | None = None, kernels: bool = True) 
     em = _Emitter(graph, names, device, dtype, indent="")
     em.folds = dict(getattr(graph, "conv_bn_folds", None) or {})
     em.inplace = set(getattr(graph, "inplace", None) or ())
+    em.pool_from_input = set(getattr(graph, "pool_from_input", None) or ())
     section = None
     if kernels:
         from nnspec.compiler.codegen.triton import fused_section
@@ -521,9 +525,7 @@ def generate(graph: Graph, class_name: str | None = None, kernels: bool = True) 
             src, axis = graph.symbols[sym]
             lines.append(f"{sym} = {graph.nodes[src].attrs['name']}.shape[{axis}]")
             names.used.add(sym)
-    from nnspec.compiler.passes.rewrite import forward_helpers, layout_lines
-    layout_init, prologue, restore = layout_lines(graph, arg_names, [graph.type_of(r) for r in graph.outputs.values()])
-    lines += prologue
+    from nnspec.compiler.passes.rewrite import forward_helpers
     # nodes the outputs need come first; the rest (losses, metrics) run only when asked for
     import networkx as nx
     needed: set[str] = set()
@@ -537,8 +539,6 @@ def generate(graph: Graph, class_name: str | None = None, kernels: bool = True) 
     lines += em.lines
     em.lines = []
     out_exprs = [em.expr[ref] for ref in graph.outputs.values()]
-    for e in sorted({e for e, back in zip(out_exprs, restore) if back and e.isidentifier()}):
-        lines.append(f"{e} = {e}.contiguous()  # the caller gets the standard NCHW layout back")
     has_losses = bool(graph.losses or graph.metrics)
     if graph.outputs:
         ret = out_exprs[0] if len(out_exprs) == 1 else "(" + ", ".join(out_exprs) + ")"
@@ -575,7 +575,7 @@ def generate(graph: Graph, class_name: str | None = None, kernels: bool = True) 
         output_rows=[f"{k}: {graph.type_of(r)}" for k, r in graph.outputs.items()],
         loss_rows=[f"{k}: {graph.type_of(r)}" for k, r in graph.losses.items()],
         param_count=graph.param_count(), spec_params=dict(graph.params), params=params,
-        init_lines=init_lines(graph) + layout_init, arg_names=arg_names, target_names=target_names,
+        init_lines=init_lines(graph), arg_names=arg_names, target_names=target_names,
         forward_lines=lines, scan_functions=[], kernel_source=section.source if section is not None else "",
         helper_source=forward_helpers(lines),
     )

@@ -682,6 +682,6 @@ def _linear_cross_entropy(b, node, g):
     return [dx, dw, None]
 
 
-@rule("standard_layout")
-def _standard_layout(b, node, g):
+@rule("standard_layout", "channels_last")
+def _layout_conversion(b, node, g):
     return [g[0]]

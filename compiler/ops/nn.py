@@ -570,3 +570,7 @@ register("standard_layout", inputs=("x",), shape=lambda ctx, ins, a: ins[0], kin
          lower=lambda i, a, c: f"_standard_layout({i[0]})",
          doc="x itself, stored in torch's standard (contiguous) layout, its gradient sent back channels-last: where a "
              "channels-last region of a model ends (before a flatten), so that no layer's backward converts layouts")
+register("channels_last", inputs=("x",), shape=lambda ctx, ins, a: ins[0], kind="injective", category="tensor",
+         lower=lambda i, a, c: f"_channels_last({i[0]})",
+         doc="x itself (4-d), stored channels-last (NHWC), its gradient sent back in the standard layout: where a "
+             "channels-last region of a model starts (before a convolution that runs faster NHWC)")

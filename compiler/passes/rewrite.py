@@ -18,10 +18,11 @@ gradients equal (tests/compiler/test_rewrites.py):
                      another order) -> lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh): torch.nn.LSTM's fused kernel
                      (oneDNN on CPU) in place of a Python loop of small ops; the layers' weights are read with
                      layer_param, so the parameters and their names do not change.
-  ChannelsLast       a model whose 2-d convolutions are activation-heavy runs them in NHWC (graph.memory_format):
-                     codegen converts the module's 4-d weights once and the 4-d float inputs on entry (outputs are
-                     given back NCHW); a standard_layout op before each flatten ends the NHWC region so that the
-                     gradient comes back NHWC. Same values; oneDNN's NHWC kernels are faster (see the class).
+  ChooseLayouts      each 2-d convolution runs in the layout that is faster for its size: channels-last (NHWC)
+                     where its output maps are large, the standard layout (NCHW) where they are small; pooling,
+                     norms and activations follow their input; `channels_last` / `standard_layout` ops convert
+                     between the regions (and outputs are given back NCHW), each sending its gradient back in the
+                     layout of its input. Same values; see the class for the measurements.
   FoldConvBatchNorm  conv -> batch_norm pairs whose convolution output feeds only the norm (graph.conv_bn_folds):
                      codegen writes them as one call that, in inference (eval mode and autograd off), runs a
                      single convolution with the norm folded into its weights, w' = w g / sqrt(var + eps),
@@ -29,6 +30,8 @@ gradients equal (tests/compiler/test_rewrites.py):
                      in training (or with autograd on) it is the convolution then the norm, as written.
   InplaceActivations relu / leaky_relu / sigmoid / tanh overwrite an input that nothing else reads and that the
                      producer's backward does not need (graph.inplace): less memory, no extra buffer to write.
+  PoolIndicesFromInput  max pooling of a value the backward keeps anyway (a ReLU's output) keeps that value, not
+                     int64 argmax indices, and finds the indices again in backward (graph.pool_from_input).
 
 A rewrite that does not find its pattern leaves the graph as it is. The passes only match what they can prove
 equal; they never guess.
@@ -452,72 +455,107 @@ def _to_lstm(graph: Graph, scan: Node, cell: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ layout
-LAYOUT_EXITS = ("flatten", "reshape")
-ACTIVATIONS_PER_WEIGHT = 0.5   # channels-last when the convolutions' outputs per sample exceed this x their weights
+CL_MIN_PIXELS = 64   # a convolution runs channels-last when each of its output channels has at least this many pixels
+
+# ops that compute as fast (or faster) on channels-last 4-d values and give their result in their input's layout
+LAYOUT_FOLLOWERS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "upsample",
+                    "batch_norm", "group_norm", "prelu", "add", "sub", "mul", "div", "maximum", "minimum", "where",
+                    "masked_fill", "pow", "stop_gradient", "straight_through"}
+LAYOUT_FOLLOWER_CATEGORIES = {("elementwise", "activation"), ("elementwise", "math"), ("elementwise", "regularization")}
 
 
-class ChannelsLast:
-    """Run the 2-d convolutions of a model channels-last when its convolutions are activation-heavy, and put a
-    `standard_layout` before each flatten or reshape of a 4-d value: the values after it are in the usual layout,
-    and the gradient flowing back into the channels-last region is channels-last too (without it, max pooling's
-    backward receives a standard-layout gradient and copies its gradient and indices to the other layout).
+class ChooseLayouts:
+    """Per convolution, the memory layout it runs fastest in, and the conversions between the layouts.
 
-    The choice, measured on this project's 2-core machine (oneDNN): channels-last pays where the convolutions'
-    outputs are large against their weights (NHWC kernels of convolution, pooling and activations win) and costs
-    where the weights dominate (weight gradients come back in the standard layout, and autograd copies each one to
-    the weight's channels-last layout). mnist_cnn: outputs per sample / weights = 1.6, training step 0.68x, memory
-    equal; resnet18 at 64x64: 0.02, step 1.02x and +10% memory. So: channels-last when the ratio is at least
-    ACTIVATIONS_PER_WEIGHT, with every spatial size known (a symbolic image size leaves the model as it is)."""
+    A 2-d convolution whose output has at least CL_MIN_PIXELS pixels per channel runs channels-last (NHWC), a
+    smaller one in the standard layout (NCHW). The ops that compute as fast or faster on channels-last values
+    (activations, elementwise math, batch norm, pooling; LAYOUT_FOLLOWERS) take their input's layout; every other
+    reader of a channels-last value (flatten, reshape, matmul, a scan, the module's outputs) gets it back in the
+    standard layout. The conversions are ops of the graph: `channels_last` before a convolution whose input is in
+    the standard layout, `standard_layout` where a channels-last region ends. Each sends its gradient back in the
+    layout of its input, so that no layer's backward receives a gradient in the other layout (max pooling and
+    batch norm would convert it, and their backward runs several times slower). Weights keep the standard layout:
+    oneDNN takes NCHW weights with NHWC activations at no cost, and their gradients come back NCHW.
 
-    name = "channels_last"
+    The choice, measured on this project's 2-core machine (oneDNN 3.12, batch 16, training step per layer):
+    channels-last is faster for the large early feature maps (resnet18 at 64x64: the 7x7 stem convolution 1.5 ms
+    against 4.1 ms forward, max pooling 0.22 against 3.99 ms, batch norm 0.25 against 0.97 ms on 32x32 maps)
+    and slower once the maps are small and the weights large (512 channels at 2x2: forward and backward 8.6 against
+    5.4 ms). With the switch at 8x8 output maps, resnet18 at 64x64 trains in 0.92x the time of the all-NCHW
+    model, where all-NHWC took 1.15x; mnist_cnn (26x26 and 11x11 maps) runs channels-last throughout.
+    Layouts never change values; a convolution with a symbolic image size keeps the standard layout."""
+
+    name = "layouts"
 
     def run(self, graph: Graph) -> Graph:
-        ratio = activations_per_weight(graph)
-        on = ratio is not None and ratio >= ACTIVATIONS_PER_WEIGHT
-        graph.memory_format = "channels_last" if on else None  # type: ignore[attr-defined]
-        if on:
-            for node in list(graph.nodes.values()):
-                src = tuple(node.inputs[0]) if node.inputs else None
-                if node.op in LAYOUT_EXITS and src is not None and graph.type_of(src).rank == 4 \
-                        and graph.type_of(src).is_float and producer(graph, src).op != "standard_layout":
-                    exit_ = Node(graph.fresh_id("standard_layout"), "standard_layout", [src], {},
-                                 [graph.type_of(src)], span=node.span, path=node.path,
-                                 label=producer(graph, src).label)
-                    insert_before(graph, exit_, node.id)
-                    graph.set_inputs(node.id, [(exit_.id, 0)] + list(node.inputs[1:]))
+        from nnspec.compiler.ops.registry import REGISTRY
+        self.graph, self.layout, self.converted = graph, {}, {}
+        graph.channels_last = []  # type: ignore[attr-defined]  # the convolutions that run channels-last
+        for nid in graph.topo_order():
+            node = graph.nodes[nid]
+            images = [k for k, r in enumerate(node.inputs) if _image(graph, r)]
+            if not images:
+                continue
+            opdef = REGISTRY.get(node.op)
+            if node.op == "conv2d" and images == [0]:
+                want = "channels_last" if runs_channels_last(graph, node) else "standard"
+                self._convert(node, 0, want)
+                self.layout[(nid, 0)] = want
+                if want == "channels_last":
+                    graph.channels_last.append(nid)
+            elif node.op in LAYOUT_FOLLOWERS or (opdef is not None and (opdef.kind, opdef.category)
+                                                 in LAYOUT_FOLLOWER_CATEGORIES):
+                first = tuple(node.inputs[images[0]])
+                want = self.layout.get(first, "standard")
+                for k in images[1:]:  # other full-size images: the first one's layout; broadcast operands as they are
+                    if tuple(graph.type_of(tuple(node.inputs[k])).shape) == tuple(graph.type_of(first).shape):
+                        self._convert(node, k, want)
+                for k, t in enumerate(node.outputs):
+                    if t.rank == 4:
+                        self.layout[(nid, k)] = want
+            else:
+                for k in images:
+                    self._convert(node, k, "standard")
+        for table in (graph.outputs, graph.losses, graph.metrics):
+            for name, ref in list(table.items()):
+                if self.layout.get(tuple(ref)) == "channels_last":
+                    table[name] = self._conversion(tuple(ref), "standard", None)
         return graph
 
+    def _convert(self, node: Node, k: int, want: str) -> None:
+        ref = tuple(node.inputs[k])
+        if self.layout.get(ref, "standard") != want:
+            inputs = list(node.inputs)
+            inputs[k] = self._conversion(ref, want, node.id)
+            self.graph.set_inputs(node.id, inputs)
 
-def activations_per_weight(graph: Graph) -> float | None:
-    """Sum over the 2-d convolutions of their output elements per sample, over the sum of their weights' elements;
-    None without 4-d convolutions or when a size other than the batch is symbolic."""
+    def _conversion(self, ref: tuple, want: str, before: str | None) -> tuple:
+        """The value `ref` in layout `want`: one conversion node per value and layout, shared by its readers."""
+        if (ref, want) not in self.converted:
+            graph = self.graph
+            src = producer(graph, ref)
+            op = "channels_last" if want == "channels_last" else "standard_layout"
+            node = Node(graph.fresh_id(op), op, [ref], {}, [graph.type_of(ref)], span=src.span, path=src.path,
+                        label=src.out_labels[ref[1]] if src.out_labels else src.label)
+            if before is None:
+                graph.add_node(node)
+            else:
+                insert_before(graph, node, before)
+            self.converted[(ref, want)] = (node.id, 0)
+            self.layout[(node.id, 0)] = want
+        return self.converted[(ref, want)]
+
+
+def _image(graph: Graph, ref) -> bool:
+    t = graph.type_of(tuple(ref))
+    return t.rank == 4 and t.is_float
+
+
+def runs_channels_last(graph: Graph, conv: Node) -> bool:
+    """The convolution's output maps have a known size of at least CL_MIN_PIXELS pixels (see ChooseLayouts)."""
     from nnspec.compiler.shapes import is_concrete, numel
-    outputs = weights = 0
-    for g in _each_graph(graph):
-        for n in g.nodes.values():
-            if n.op != "conv2d" or g.type_of(tuple(n.inputs[0])).rank != 4 or n.module not in graph.modules:
-                continue
-            per_sample = numel(n.outputs[0].shape[1:])
-            w = next((p for p in graph.modules[n.module].params if p.name == "weight"), None)
-            if not is_concrete(per_sample) or w is None:
-                return None
-            outputs += per_sample
-            weights += numel(w.shape)
-    return outputs / weights if weights else None
-
-
-def layout_lines(graph: Graph, arg_names: list, out_types: list) -> tuple[list, list, list]:
-    """Codegen of ChannelsLast: lines for __init__, lines that start forward(), and whether each output is
-    given back in the standard (contiguous) layout."""
-    if getattr(graph, "memory_format", None) != "channels_last":
-        return [], [], [False] * len(out_types)
-    init = ["self.to(memory_format=torch.channels_last)  # NHWC weights: faster convolutions (nnspec: channels_last)"]
-    prologue = []
-    for nid, name in zip(graph.inputs, arg_names):
-        t = graph.nodes[nid].outputs[0]
-        if t.rank == 4 and t.is_float:
-            prologue.append(f"{name} = {name}.contiguous(memory_format=torch.channels_last)  # NHWC, as the weights")
-    return init, prologue, [t.rank == 4 for t in out_types]
+    pixels = numel(conv.outputs[0].shape[2:])
+    return is_concrete(pixels) and pixels >= CL_MIN_PIXELS
 
 
 # ------------------------------------------------------------------------------------------ conv + batch norm
@@ -574,6 +612,63 @@ class InplaceActivations:
                 chosen.add(node.id)
         graph.inplace = chosen  # type: ignore[attr-defined]
         return graph
+
+
+RESULT_SAVING = ("relu", "sigmoid", "tanh")   # torch's backward of these keeps their output (in place or not)
+
+
+class PoolIndicesFromInput:
+    """max_pool2d of a value that the backward pass keeps anyway (the output of a relu, sigmoid or tanh, or of an
+    activation that overwrites its input: their backward reads their output) saves that value instead of the
+    argmax indices, and finds the indices again in backward (graph.pool_from_input; codegen writes
+    `_max_pool2d_from_input(...)`). torch's max pooling keeps an int64 index per output element, twice the
+    output's size; here the backward reads a tensor autograd holds anyway, so the indices cost no memory between
+    the passes, for one more pooling of the input in backward (0.2 ms for resnet18's stem at 64x64, NHWC).
+    Same values and gradients: the indices are found by the same kernel on the same input."""
+
+    name = "pool_indices_from_input"
+
+    def run(self, graph: Graph) -> Graph:
+        inplace = getattr(graph, "inplace", None) or set()
+        chosen = set()
+        for node in graph.nodes.values():
+            if node.op != "max_pool2d" or graph.type_of(tuple(node.inputs[0])).rank != 4:
+                continue
+            src = producer(graph, tuple(node.inputs[0]))
+            if src.op in RESULT_SAVING or src.id in inplace:
+                chosen.add(node.id)
+        graph.pool_from_input = chosen  # type: ignore[attr-defined]
+        return graph
+
+
+POOL_FROM_INPUT_HELPER = '''
+class _MaxPool2dFromInput(torch.autograd.Function):
+    """max_pool2d that keeps its input, not the int64 argmax indices, and finds the indices again in backward:
+    nnspec puts it where the backward pass keeps the input anyway (the output of a ReLU)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode):
+        ctx.save_for_backward(x)
+        ctx.args = (kernel, stride, padding, dilation, ceil_mode)
+        return F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        kernel, stride, padding, dilation, ceil_mode = ctx.args
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, dilation, ceil_mode)
+        dx = torch.ops.aten.max_pool2d_with_indices_backward(g, x, kernel, stride, padding, dilation, ceil_mode, indices)
+        return dx, None, None, None, None, None
+
+
+def _max_pool2d_from_input(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """F.max_pool2d(x, ...); in training, the backward pass reads x instead of indices kept from the forward."""
+    two = (lambda v: [v, v] if isinstance(v, int) else list(v))
+    args = (two(kernel), two(kernel if stride is None else stride), two(padding), two(dilation), ceil_mode)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _MaxPool2dFromInput.apply(x, *args)
+    return F.max_pool2d(x, *args)
+'''
 
 
 CONV_BN_HELPER = '''
@@ -746,8 +841,30 @@ def _standard_layout(x):
     return x.contiguous()
 '''
 
-FORWARD_HELPERS = {"_conv_bn": CONV_BN_HELPER, "_linear_cross_entropy": LINEAR_CROSS_ENTROPY_HELPER,
-                   "_standard_layout": STANDARD_LAYOUT_HELPER}
+CHANNELS_LAST_HELPER = '''
+class _ChannelsLast(torch.autograd.Function):
+    """x in the channels-last layout; its gradient goes back in the standard layout, the layout of the layers before."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.to(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.contiguous()
+
+
+def _channels_last(x):
+    """Where a channels-last region starts (before a convolution that runs faster NHWC). `to`, not `contiguous`:
+    a one-channel image is already "contiguous" in both layouts, and only `to` gives it the NHWC strides oneDNN
+    reads the layout from."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _ChannelsLast.apply(x)
+    return x.to(memory_format=torch.channels_last)
+'''
+
+FORWARD_HELPERS = {"_max_pool2d_from_input": POOL_FROM_INPUT_HELPER, "_conv_bn": CONV_BN_HELPER, "_linear_cross_entropy": LINEAR_CROSS_ENTROPY_HELPER,
+                   "_standard_layout": STANDARD_LAYOUT_HELPER, "_channels_last": CHANNELS_LAST_HELPER}
 
 
 def forward_helpers(lines: list) -> str:

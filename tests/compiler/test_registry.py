@@ -782,6 +782,7 @@ spec("linear_cross_entropy", "gradcheck",
      Case([f(4, 3), f(5, 3), i(4, hi=5)], _lce_ref, sym={0: {0: "B"}, 2: {0: "B"}}))
 spec("standard_layout", "gradcheck", Case([f(2, 3, 4, 4)], lambda x: x),
      Case([f(2, 5)], lambda x: x, id="not-4d"), Case([f(3, 2, 3, 3)], lambda x: x, sym="B"))
+spec("channels_last", "gradcheck", Case([f(2, 3, 4, 4)], lambda x: x), Case([f(3, 2, 3, 3)], lambda x: x, sym="B"))
 spec("lstm", "gradcheck",
      Case([f(2, 3, 4), f(1, 2, 5), f(1, 2, 5), f(20, 4), f(20, 5), f(20), f(20)], _lstm_ref),
      Case([f(3, 2, 2), f(1, 2, 3), f(1, 2, 3), f(12, 2), f(12, 3)],

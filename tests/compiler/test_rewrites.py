@@ -305,24 +305,42 @@ def test_gru_and_vanilla_rnn_scans_are_left_alone():
 
 
 # ------------------------------------------------------------------------------------------ layout, folding
+def _conv_output_layouts(module, x, *rest) -> dict:
+    """{conv module name: "channels_last" | "standard"}: the layout each convolution's output really has."""
+    seen, hooks = {}, []
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            def hook(mod, args, out, name=name):
+                seen[name] = "channels_last" if not out.is_contiguous() and \
+                    out.is_contiguous(memory_format=torch.channels_last) else "standard"
+            hooks.append(m.register_forward_hook(hook))
+    module(x, *rest)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
 def test_convolutional_models_run_channels_last_with_equal_results():
     g_opt, g_raw, opt, raw = pair(spec="mnist_cnn", dtype=torch.float32)
-    assert getattr(g_opt, "memory_format", None) == "channels_last"
-    assert getattr(g_raw, "memory_format", None) is None
-    assert opt.cnn[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert "self.to(memory_format=torch.channels_last)" in type(opt).source_code
+    convs = [n.id for n in g_opt.nodes.values() if n.op == "conv2d"]
+    assert g_opt.channels_last == convs and len(convs) == 2, "26x26 and 11x11 maps: both NHWC"
+    assert not getattr(g_raw, "channels_last", None)
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    # the one-channel input is ambiguous: only `to(memory_format=...)` makes oneDNN run the first conv NHWC
+    assert _conv_output_layouts(opt, x) == {"cnn.0": "channels_last", "cnn.3": "channels_last"}
+    assert _conv_output_layouts(raw, x) == {"cnn.0": "standard", "cnn.3": "standard"}
     assert_equal_training(opt, raw, (x, y), lambda out: out["loss"], tol=1e-5)
-    # weights move between the layouts unchanged
+    # weights keep the standard layout: state_dicts move between the two unchanged
+    assert all(p.is_contiguous() for p in opt.parameters())
     raw.load_state_dict(opt.state_dict())
-    assert opt.cnn[3].weight.is_contiguous(memory_format=torch.channels_last)
-    assert not build("mlp", optimize=True).memory_format
+    assert not getattr(build("mlp", optimize=True), "channels_last", None)
     # the region ends before the flatten: the gradient comes back channels-last, nothing is copied in backward
     (exit_,) = [n for n in g_opt.nodes.values() if n.op == "standard_layout"]
     assert [n.op for n in g_opt.nodes.values() if (exit_.id, 0) in [tuple(r) for r in n.inputs]] == ["flatten"]
+    (entry,) = [n for n in g_opt.nodes.values() if n.op == "channels_last"]
+    assert entry.inputs[0][0] == g_opt.inputs[0]
     from nnspec.bench import peak_memory
     opt, raw = opt.float(), raw.float()
-    x, y = x.float(), y
 
     def step(m):
         return lambda: m(x, y)["loss"].backward()
@@ -331,18 +349,60 @@ def test_convolutional_models_run_channels_last_with_equal_results():
     assert peak_memory(torch, step(opt)) <= peak_memory(torch, step(raw))
 
 
-def test_weight_heavy_convolutions_stay_in_the_standard_layout():
-    from nnspec.compiler.passes.rewrite import ACTIVATIONS_PER_WEIGHT, activations_per_weight
-    small = build("resnet18", RESNET_64, optimize=True)
-    assert small.memory_format is None and "standard_layout" not in ops(small)
-    assert activations_per_weight(small) < ACTIVATIONS_PER_WEIGHT <= activations_per_weight(build("mnist_cnn"))
+def test_small_feature_maps_stay_in_the_standard_layout():
+    from nnspec.compiler.passes.rewrite import CL_MIN_PIXELS
+    g_opt, _, opt, raw = pair(spec="resnet18", params=RESNET_64, dtype=torch.float32)
+    by_id = {n.id: n for n in g_opt.nodes.values()}
+    for n in by_id.values():
+        if n.op == "conv2d":
+            pixels = n.outputs[0].shape[2] * n.outputs[0].shape[3]
+            assert (n.id in g_opt.channels_last) == (pixels >= CL_MIN_PIXELS), (n.label, n.outputs[0].shape)
+    # one region: NHWC from the input (stem 32x32 .. layer2 8x8), NCHW from layer3 (4x4) on; one conversion each way
+    assert ops(g_opt).count("channels_last") == 1 and ops(g_opt).count("standard_layout") == 1
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 10, (2,))
+    seen = _conv_output_layouts(opt, x)
+    assert seen["conv1"] == seen["layer2.1.conv2"] == seen["layer2.0.downsample.0"] == "channels_last"
+    assert seen["layer3.0.conv1"] == seen["layer4.1.conv2"] == "standard"
+    assert_equal_training(opt, raw, (x, y), lambda out: out["loss"], tol=1e-4)
+    # the gradient that leaves a conversion has the layout of the value that entered it
+    xg = x.clone().requires_grad_()
+    opt(xg, y)["loss"].backward()
+    assert xg.grad.is_contiguous()
     symbolic = build("rewrite_test.nn", text="""
 model M {
     input x: f32[B, 3, H, W]
     output y = x |> conv2d(4, 3) |> relu
 }
 """, optimize=True)
-    assert symbolic.memory_format is None, "unknown image sizes: no guess"
+    assert symbolic.channels_last == [] and "channels_last" not in ops(symbolic), "unknown image sizes: no guess"
+
+
+def test_max_pooling_of_a_relu_output_keeps_no_indices():
+    g_opt, _, opt, raw = pair(spec="mnist_cnn", dtype=torch.float64)
+    pools = [n.id for n in g_opt.nodes.values() if n.op == "max_pool2d"]
+    assert sorted(g_opt.pool_from_input) == sorted(pools) and len(pools) == 2  # after in-place leaky ReLUs
+    assert "_max_pool2d_from_input(" in type(opt).source_code
+    x, y = torch.randn(3, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (3,))
+    assert_equal_training(opt, raw, (x, y), lambda out: out["loss"])
+
+    def saved_dtypes(module):
+        dtypes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: dtypes.append(t.dtype) or t, lambda t: t):
+            module(x, y)["loss"].backward()
+        return dtypes
+    # as written, each pooling keeps int64 indices (and the loss keeps the int64 targets); rewritten, only the targets
+    assert saved_dtypes(opt).count(torch.int64) == saved_dtypes(raw).count(torch.int64) - 2
+    # a pooling whose input the backward pass does not keep (a convolution's output) keeps its indices
+    g = build("rewrite_test.nn", text="""
+model M {
+    input x: f32[B, 2, 8, 8]
+    output y = x |> conv2d(3, 3) |> max_pool2d(2)
+    output z = x |> conv2d(3, 3, name="c2") |> relu |> max_pool2d(2)
+}
+""", optimize=True)
+    chosen = {g.nodes[n].label or n for n in g.pool_from_input}
+    assert len(g.pool_from_input) == 1 and all(
+        g.nodes[tuple(g.nodes[n].inputs[0])[0]].op == "relu" for n in g.pool_from_input), chosen
 
 
 def test_a_4d_output_is_given_back_in_the_standard_layout():
