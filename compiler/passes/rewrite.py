@@ -483,7 +483,9 @@ class ChooseLayouts:
     and slower once the maps are small and the weights large (512 channels at 2x2: forward and backward 8.6 against
     5.4 ms). With the switch at 8x8 output maps, resnet18 at 64x64 trains in 0.92x the time of the all-NCHW
     model, where all-NHWC took 1.15x; mnist_cnn (26x26 and 11x11 maps) runs channels-last throughout.
-    Layouts never change values; a convolution with a symbolic image size keeps the standard layout."""
+    Layouts never change values; a convolution with a symbolic image size keeps the standard layout. The timings
+    are oneDNN's: on another device (CUDA) `channels_last` leaves its input as it is, so the model runs in the
+    standard layout there, as written, and the fused Triton kernels read their operands contiguously."""
 
     name = "layouts"
 
@@ -759,48 +761,69 @@ def _to_linear_cross_entropy(graph: Graph, ce: Node, found: dict) -> None:
 
 
 LINEAR_CROSS_ENTROPY_HELPER = '''
+def _lce_blocks(logits, x, w, target, ignore_index, dx_wanted, dw_wanted):
+    """(loss, dloss/dx, dloss/dw) of the mean cross-entropy of `logits` (= x w^T) against target, one block of rows at
+    a time: per block, e = exp(l - max) in one buffer, z = sum(e), loss += max + log z - l[target], and the gradient of
+    the block's logits, (e / z - onehot) / count, written over e, goes straight into dx = g w and dw = g^T x. The
+    softmax and the logits' gradient are never held whole."""
+    flat, x2, t = logits.reshape(-1, w.shape[0]), x.reshape(-1, x.shape[-1]), target.reshape(-1)
+    keep = t != ignore_index
+    pick = t.clamp(0, w.shape[0] - 1)[:, None]
+    count = keep.sum().to(logits.dtype)
+    weight = keep.to(logits.dtype)[:, None] / count  # each kept row's share of the mean
+    dx = torch.empty_like(x2) if dx_wanted else None
+    dw = torch.empty_like(w) if dw_wanted else None
+    total = logits.new_zeros(())
+    rows = max(1, min((1 << 24) // w.shape[0], -(-flat.shape[0] // 4)))  # <= 16M logits, >= 4 blocks
+    buf = torch.empty((min(rows, flat.shape[0]), w.shape[0]), dtype=logits.dtype, device=logits.device)
+    for s in range(0, flat.shape[0], rows):
+        block, p, share = flat[s:s + rows], pick[s:s + rows], weight[s:s + rows]
+        e = buf[:block.shape[0]]
+        top = block.amax(1, keepdim=True)
+        torch.sub(block, top, out=e).exp_()
+        z = e.sum(1, keepdim=True)
+        total += ((top + z.log() - block.gather(1, p)) * share).sum()
+        if dx is None and dw is None:
+            continue
+        e.mul_(share / z)                 # the softmax, scaled by the row's share of the mean
+        e.scatter_add_(1, p, -share)      # minus the one-hot target
+        if dx is not None:
+            torch.mm(e, w, out=dx[s:s + rows])
+        if dw is not None:
+            if s == 0:
+                torch.mm(e.t(), x2[:rows], out=dw)
+            else:
+                dw.addmm_(e.t(), x2[s:s + rows])
+    return total, dx, dw
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """(logits, loss): logits = x w^T, loss = their cross-entropy with target, the mean over the targets that are not
-    ignore_index. The forward pass also takes the loss's gradient, one block of rows at a time: g = (softmax(logits)
-    - one-hot) / count, dx = g w, dw = g^T x. The softmax and the gradient of the logits, each as large as the
-    logits, are never held whole; backward only scales dx and dw (and adds what reaches the logits themselves)."""
+    ignore_index. The forward pass also takes the loss's gradient, one block of rows at a time (_lce_blocks), and
+    backward hands it over scaled in place: the softmax and the gradient of the logits, each as large as the logits,
+    are never held whole, and the weight's gradient is neither zero-filled nor copied. A second backward pass through
+    the same graph (retain_graph=True) takes the gradient again from x and w."""
 
     @staticmethod
     def forward(ctx, x, w, target, ignore_index):
         ctx.set_materialize_grads(False)
         logits = x @ w.t()
-        flat, x2, t = logits.reshape(-1, w.shape[0]), x.reshape(-1, x.shape[-1]), target.reshape(-1)
-        keep = t != ignore_index
-        pick = t.clamp(0, w.shape[0] - 1)[:, None]
-        count = keep.sum().to(logits.dtype)
-        dx = torch.empty_like(x2) if ctx.needs_input_grad[0] else None
-        dw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
-        total = logits.new_zeros(())
-        every = bool(keep.all())
-        rows = max(1, min((1 << 24) // w.shape[0], -(-flat.shape[0] // 4)))  # <= 16M logits, >= 4 blocks
-        for s in range(0, flat.shape[0], rows):
-            logp = torch.log_softmax(flat[s:s + rows], dim=1)
-            k, p = keep[s:s + rows], pick[s:s + rows]
-            total -= (logp.gather(1, p)[:, 0] * k).sum()
-            if dx is not None or dw is not None:
-                g = logp.exp_()                         # the softmax, in the buffer of the log-probabilities
-                g.scatter_add_(1, p, torch.full_like(p, -1.0, dtype=g.dtype))
-                if not every:
-                    g *= k[:, None]
-                if dx is not None:
-                    torch.mm(g, w, out=dx[s:s + rows])
-                if dw is not None:
-                    dw.addmm_(g.t(), x2[s:s + rows])
-        ctx.save_for_backward(x, w, dx, dw, count)
-        return logits, total / count
+        loss, dx, dw = _lce_blocks(logits, x, w, target, ignore_index, *ctx.needs_input_grad[:2])
+        ctx.save_for_backward(x, w, target)
+        ctx.ignore_index, ctx.grads = ignore_index, (dx, dw)
+        return logits, loss
 
     @staticmethod
     def backward(ctx, g_logits, g_loss):
-        x, w, dx, dw, count = ctx.saved_tensors
+        x, w, target = ctx.saved_tensors
         gx = gw = None
         if g_loss is not None:
-            gx = None if dx is None else (dx * (g_loss / count)).reshape(x.shape)
-            gw = None if dw is None else dw * (g_loss / count)
+            if ctx.grads is None:  # handed over by an earlier backward pass: take them again
+                _, dx, dw = _lce_blocks(x @ w.t(), x, w, target, ctx.ignore_index, *ctx.needs_input_grad[:2])
+            else:
+                (dx, dw), ctx.grads = ctx.grads, None
+            gx = None if dx is None else dx.mul_(g_loss).reshape(x.shape)
+            gw = None if dw is None else dw.mul_(g_loss)
         if g_logits is not None:
             g2 = g_logits.reshape(-1, w.shape[0])
             if ctx.needs_input_grad[0]:
@@ -823,7 +846,8 @@ def _linear_cross_entropy(x, w, target, ignore_index):
 
 STANDARD_LAYOUT_HELPER = '''
 class _StandardLayout(torch.autograd.Function):
-    """x in the standard layout; its gradient goes back channels-last, the layout of the layers before it."""
+    """x (channels-last) in the standard layout; its gradient goes back channels-last, the layout of the layers
+    before it."""
 
     @staticmethod
     def forward(ctx, x):
@@ -836,7 +860,10 @@ class _StandardLayout(torch.autograd.Function):
 
 def _standard_layout(x):
     """Where a channels-last region ends (before a flatten): standard layout forward, channels-last backward."""
-    if x.dim() == 4 and x.requires_grad and torch.is_grad_enabled():
+    if x.is_contiguous():
+        return x
+    if x.dim() == 4 and x.requires_grad and torch.is_grad_enabled() \\
+            and x.is_contiguous(memory_format=torch.channels_last):
         return _StandardLayout.apply(x)
     return x.contiguous()
 '''
@@ -855,15 +882,19 @@ class _ChannelsLast(torch.autograd.Function):
 
 
 def _channels_last(x):
-    """Where a channels-last region starts (before a convolution that runs faster NHWC). `to`, not `contiguous`:
-    a one-channel image is already "contiguous" in both layouts, and only `to` gives it the NHWC strides oneDNN
-    reads the layout from."""
+    """Where a channels-last region starts (before a convolution that runs faster NHWC on the CPU's oneDNN; the
+    layouts were chosen by timings on CPU, so on other devices x stays as it is). `to`, not `contiguous`: a
+    one-channel image is already "contiguous" in both layouts, and only `to` gives it the NHWC strides oneDNN reads
+    the layout from."""
+    if x.device.type != "cpu":
+        return x
     if x.requires_grad and torch.is_grad_enabled():
         return _ChannelsLast.apply(x)
     return x.to(memory_format=torch.channels_last)
 '''
 
-FORWARD_HELPERS = {"_max_pool2d_from_input": POOL_FROM_INPUT_HELPER, "_conv_bn": CONV_BN_HELPER, "_linear_cross_entropy": LINEAR_CROSS_ENTROPY_HELPER,
+FORWARD_HELPERS = {"_max_pool2d_from_input": POOL_FROM_INPUT_HELPER, "_conv_bn": CONV_BN_HELPER,
+                   "_linear_cross_entropy": LINEAR_CROSS_ENTROPY_HELPER,
                    "_standard_layout": STANDARD_LAYOUT_HELPER, "_channels_last": CHANNELS_LAST_HELPER}
 
 

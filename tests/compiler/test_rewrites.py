@@ -215,6 +215,33 @@ def test_linear_cross_entropy_in_float32_matches_and_stores_less():
     assert peak_memory(torch, step(opt)) < 0.7 * peak_memory(torch, step(raw))
 
 
+def test_linear_cross_entropy_gradient_scales_and_survives_a_second_backward_pass():
+    """backward hands the gradient it took in the forward pass over in place: a scaled loss, a loss and the logits
+    both reaching the objective, and a second backward pass through the same graph still give autograd's values."""
+    text = """
+model M(V: int = 7) {
+    input x: f32[B, 4]
+    target y: i64[B]
+    param w: f32[V, 4] = normal(std=0.5)
+    loss a = cross_entropy(x @ w.T, y, ignore_index=-1)
+    output logits = x @ w.T
+}
+"""
+    _, _, opt, raw = pair(text)
+    assert "_LinearCrossEntropy" in type(opt).source_code
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 6, -1, 3, 1, 3])
+    for objective in (lambda out: 3.0 * out["loss"], lambda out: out["loss"] + out["logits"].square().mean()):
+        assert_equal_training(opt, raw, (x, y), objective)
+    grads = []
+    for m in (opt, raw):
+        m.zero_grad(set_to_none=True)
+        loss = m(x, y)["loss"]
+        loss.backward(retain_graph=True)
+        (2.0 * loss).backward()
+        grads.append(m.w.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
 def test_a_biased_or_smoothed_cross_entropy_is_left_alone():
     text = """
 model M(V: int = 7) {
