@@ -611,6 +611,8 @@ SCHEMA = Mapping({
         "spec": F(Str(), REQUIRED, "the model spec: a path (relative to the config) or a built-in name"),
         "params": F(MapOf(AnyValue()), None, "the spec's compile-time parameters"),
         "name": F(Nullable(Str()), None, "which model of the file (default: the first)"),
+        "optimize": F(Bool(), True, "compile with the rewrites `nnspec compile` applies (fused attention and "
+                      "cross-entropy, layouts, in-place activations); false: the spec as written"),
     }), REQUIRED, "the model spec and its parameters"),
     "data": F(DataSection(), REQUIRED, DataSection.doc),
     "objectives": F(Nullable(ListOf(_OBJECTIVE, 1)), None,

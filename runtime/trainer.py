@@ -308,7 +308,8 @@ class Trainer:
                                 "built-in name (nnspec list)", hint=suggest(Path(ref).stem, names))
         self.spec_ref = ref
         try:
-            graph = nnspec.build(ref, m["params"] or None, m["name"])
+            from nnspec.compiler.pipeline import build
+            graph = build(ref, m["params"] or None, m["name"], optimize=m["optimize"])
         except SpecError as e:
             e.notes.append(f"while compiling the model of the training config {cfg.path} (model.spec: {m['spec']})")
             if m["params"] and e.code.startswith("E04"):

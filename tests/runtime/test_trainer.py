@@ -227,3 +227,22 @@ def test_cli_check_builds_everything_and_writes_nothing(tmp_path):
     assert not out.exists()
     result = CliRunner().invoke(cli, ["train", "--schema"])
     assert result.exit_code == 0 and "checkpoint_every" in result.output
+
+
+def test_training_compiles_with_the_rewrites_unless_told_not_to(tmp_path):
+    """`nnspec train` runs the module `nnspec compile` writes (layouts, fused cross-entropy, in-place activations);
+    `model: {optimize: false}` trains the spec as written. Both give the same first loss from the same seed."""
+    base = (EXAMPLES / "digits_cnn.yaml").read_text()
+    losses = {}
+    for optimize in (True, False):
+        cfg = config(base, base_dir=EXAMPLES, overrides=[f"model.optimize={str(optimize).lower()}",
+                                                          "training.steps=1", "training.threads=1"])
+        tr = Trainer(cfg, out_dir=tmp_path / str(optimize), quiet=True, dry_run=True)
+        assert ("_channels_last(" in type(tr.model).source_code) == optimize
+        assert ("inplace=True" in type(tr.model).source_code) == optimize
+        torch.manual_seed(0)
+        x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+        tr.model.load_state_dict(torch.load(tmp_path / "w.pt") if (tmp_path / "w.pt").exists() else tr.model.state_dict())
+        torch.save(tr.model.state_dict(), tmp_path / "w.pt")
+        losses[optimize] = tr.model(x, y)["loss"].item()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
