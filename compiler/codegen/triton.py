@@ -22,7 +22,10 @@ Structurally identical groups (the 8 residual add -> relu of a ResNet-18) share 
 Function; each kernel's docstring lists the spec lines it fuses. A group holding a layer (a transformer's
 add -> layer_norm) computes it from its decomposition (compiler/ops/scalar.py: LAYERS) with the layer's
 parameters as more kernel inputs, and its fused function takes the model: `x, h = fused_3(self, x, h)`.
-Dropout is never inside a group: the kernel could not draw the same random numbers as torch's fallback.
+Dropout joins a group: its kernel draws the mask with tl.rand from a seed drawn per call from torch's generator
+and the element's offset, and the backward kernel draws the same mask again from that seed (the tutorials'
+low-memory dropout: no mask is saved). The kernels' random numbers are not those of the fallback's F.dropout
+(another generator): same distribution, other draws; in eval mode both are the identity.
 A group whose backward cannot be written as a kernel (an op without a gradient rule) is left unfused in
 forward() (fused_section), so a module always trains on its kernels or on plain torch, never half-way.
 
@@ -45,7 +48,8 @@ from dataclasses import dataclass, field
 from nnspec.compiler.ir import Graph, Node
 from nnspec.compiler.ops import REGISTRY
 from nnspec.compiler.ops.scalar import HELPERS, KERNEL_ONLY, helpers_used, num
-from nnspec.compiler.passes.fuse import ROW_REDUCTIONS, Boundary, FusionPlan, Group, constant_value, fuse, layout
+from nnspec.compiler.passes.fuse import (FUSED_RANDOM, ROW_REDUCTIONS, Boundary, FusionPlan, Group, constant_value,
+                                         fuse, layout)
 from nnspec.compiler.shapes import TensorType
 
 FLOAT = ("f16", "bf16", "f32", "f64")
@@ -213,6 +217,7 @@ class KernelText:
     modes: dict            # (load arg, space) -> "full" | "row" | "scalar" | "strided"; space: "full", "keep", "row"
     stores: dict           # store arg -> layout of the stored value: "full", "keep" or "row"
     dims: str | None       # runtime sizes the kernel takes: None, "flat" (shape[1:]) or "row" (shape[1:-1])
+    randoms: list = field(default_factory=list)   # j of each dropout the kernel draws: arguments seed<j>, p<j>
 
 
 class KernelWriter:
@@ -225,8 +230,11 @@ class KernelWriter:
 
     n_cols = "n_cols"      # (the scalar expressions' protocol: see compiler/ops/scalar.py)
 
-    def __init__(self, graph: Graph, space: tuple, row: bool, loads: list[Load]):
+    def __init__(self, graph: Graph, space: tuple, row: bool, loads: list[Load], dropouts: tuple = ()):
         self.graph = graph
+        self.dropouts = list(dropouts)  # the group's dropout nodes (forward ids): dropout j draws from seed<j>
+        self.randoms: set = set()
+        self.node_id: str | None = None  # the node being written (a scalar entry may need it)
         self.space = tuple(space)
         self.rank = len(self.space)
         self.row = row
@@ -255,6 +263,16 @@ class KernelWriter:
 
     def row_min(self, v: str) -> str:
         return self.let(f'tl.min(tl.where(mask, {v}, float("inf")), axis=0)')
+
+    def dropout(self, v: str, dropout: str) -> str:
+        """v with the mask of the group's dropout node `dropout`: kept (and scaled by 1/(1 - p)) where the
+        Philox draw for the element's offset in the iteration space is >= p. The forward and the backward kernel
+        draw the same numbers: same seed, same offsets (both kernels run over the group's space)."""
+        j = self.dropouts.index(dropout)
+        self.randoms.add(j)
+        offsets = "row * n_cols + cols" if self.row else "offs"
+        keep = self.let(f"tl.rand(seed{j}, {offsets}) >= p{j}")
+        return f"tl.where({keep}, {v} / (1.0 - p{j}), 0.0)"
 
     # ---- layouts
     def ir_layout(self, shape) -> str:
@@ -372,7 +390,7 @@ class KernelWriter:
                     self.operand(o, self.ir_layout(self.graph.type_of(o).shape))[0]]
             out = "full"
         else:
-            if REGISTRY[op].scalar is None:
+            if REGISTRY[op].scalar is None and op not in KERNEL_ONLY:
                 raise KernelUnsupported(f"{op} has no scalar expression")
             lays = [self.operand_layout(r) for r in node.inputs]
             space = "full" if out_ir == "full" or "full" in lays else out_ir
@@ -381,6 +399,7 @@ class KernelWriter:
             lays = [lay for _, lay in read]
             out = "scalar" if all(lay == "scalar" for lay in lays) else space
         rule = KERNEL_ONLY.get(op) or REGISTRY[op].scalar
+        self.node_id = nid
         try:
             text = rule(args, node.attrs, self)
         except KeyError as e:
@@ -411,8 +430,8 @@ class KernelWriter:
 
 
 def write_kernel(graph: Graph, space: tuple, row: bool, loads: list[Load], compute: list[str],
-                 stores: list[Store]) -> KernelText:
-    w = KernelWriter(graph, space, row, loads)
+                 stores: list[Store], dropouts: tuple = ()) -> KernelText:
+    w = KernelWriter(graph, space, row, loads, dropouts)
     for nid in compute:
         w.compute(nid)
     store_layouts = {st.arg: w.store(st) for st in stores}
@@ -422,6 +441,8 @@ def write_kernel(graph: Graph, space: tuple, row: bool, loads: list[Load], compu
         for space_name in ("full", "keep", "row"):
             params += w.strides.get((ld.arg, space_name), [])
     params += [st.arg for st in stores]
+    randoms = sorted(w.randoms)
+    params += [name for j in randoms for name in (f"seed{j}", f"p{j}")]
     if row:
         head = ["row = tl.program_id(0)", "cols = tl.arange(0, BLOCK)", "mask = cols < n_cols"]
     else:
@@ -439,7 +460,7 @@ def write_kernel(graph: Graph, space: tuple, row: bool, loads: list[Load], compu
             base = f"({base})" if inner and d > 0 else base
             head.append(f"i{d} = {base} % D{d}" if d > 0 else f"i{d} = {base}")
             inner.insert(0, f"D{d}")
-    return KernelText(params, head + w.load_lines + w.lines, row, dict(w.modes), store_layouts, dims)
+    return KernelText(params, head + w.load_lines + w.lines, row, dict(w.modes), store_layouts, dims, randoms)
 
 
 # ------------------------------------------------------------------------------ a group's kernels
@@ -456,6 +477,7 @@ class GroupKernels:
     backward: bool                # a backward kernel exists
     why_no_backward: str | None
     saved: list = field(default_factory=list)   # what ctx.save_for_backward keeps: "x<i>", "out<k>", "keep<k>"
+    random: bool = False          # the group holds a dropout: its function takes the model (self.training)
 
     @property
     def key(self) -> str:
@@ -486,6 +508,7 @@ def _call_args(kt: KernelText, loads: list[Load], stores: list[Store]) -> list[s
                 strides = f"_strides({ld.var}, {_ALLOC[space]})"
                 out.append(f"*{strides}[:-1]" if space == "keep" else f"*{strides}")
     out += [st.var for st in stores]
+    out += [name for j in kt.randoms for name in (f"seed{j}", f"p{j}")]
     if kt.dims == "flat":
         out.append("*shape[1:]")
     elif kt.dims == "row":
@@ -503,6 +526,7 @@ def build_group_kernels(graph: Graph, group: Group, with_backward: bool = True) 
     row = group.kind == "row_reduction"
     space = tuple(group.shape)
     members = [nid for nid in sub.topo_order() if sub.nodes[nid].op != "input" and constant_value(sub, nid) is None]
+    dropouts = tuple(nid for nid in members if sub.nodes[nid].op == "dropout")
     # ---- the group's backward graph, and what it reads from the forward pass
     bwd = info = None
     why_not = None
@@ -518,6 +542,8 @@ def build_group_kernels(graph: Graph, group: Group, with_backward: bool = True) 
                 if value is not None:
                     bwd.nodes[nid].op, bwd.nodes[nid].attrs = "constant", {"value": value}
                     del info.saved[ref]
+            if dropouts:
+                _dropout_masks_from_seeds(bwd, info)
             if not any(k.startswith("d:") for k in bwd.outputs):
                 bwd, why_not = None, NO_GRADIENT
         except (NoGradientRule, NotImplementedError) as e:
@@ -525,7 +551,7 @@ def build_group_kernels(graph: Graph, group: Group, with_backward: bool = True) 
     backward = None
     if bwd is not None:
         try:
-            backward = _backward_kernel(bwd, info, space, row, gg)
+            backward = _backward_kernel(bwd, info, space, row, gg, dropouts)
         except KernelUnsupported as e:
             why_not = str(e)
     saved_refs = [tuple(r) for r in info.saved] if backward is not None else []
@@ -535,18 +561,21 @@ def build_group_kernels(graph: Graph, group: Group, with_backward: bool = True) 
     loads = [Load((nid, 0), f"x{i}_ptr", sub.nodes[nid].outputs[0]) for i, nid in enumerate(gg.kernel_inputs)]
     stores = [Store(r, f"out{k}_ptr") for k, r in enumerate(out_refs)]
     stores += [Store(r, f"keep{k}_ptr") for k, r in enumerate(extra)]
-    fk = write_kernel(sub, space, row, loads, members, stores)
+    fk = write_kernel(sub, space, row, loads, members, stores, dropouts)
     what = " -> ".join(ops)
     kernels = _kernel_source("{name}_kernel", fk, loads, stores, f"forward of {what}")
     # ---- the autograd.Function
     args = [ld.var for ld in loads]
     full_input = next((ld.var for ld in loads if tuple(ld.type.shape) == space), None)
     floats = [ld.var for ld in loads if ld.type.is_float]
+    first = ["training"] if dropouts else []   # dropout's p applies in training only
     lines = ["class {Class}(torch.autograd.Function):", '    """{class_doc}"""', "",
-             "    @staticmethod", f"    def forward(ctx, {', '.join(args)}):",
+             "    @staticmethod", f"    def forward(ctx, {', '.join(first + args)}):",
              f"        shape = {full_input}.shape" if full_input else
              f"        shape = torch.broadcast_shapes({', '.join(a + '.shape' for a in args)})",
              f"        dtype = _float_dtype({', '.join(floats)})"]
+    for j, nid in enumerate(dropouts):   # a fresh seed per call, from torch's generator (torch.manual_seed)
+        lines.append(f"        seed{j}, p{j} = _seed(), {sub.nodes[nid].attrs['p']!r} if training else 0.0")
     for st in stores:
         dtype = _out_dtype(sub.nodes[st.ref[0]])
         lines.append(f"        {st.var} = torch.empty({_ALLOC[fk.stores[st.arg]]}, dtype={dtype}, "
@@ -566,11 +595,15 @@ def build_group_kernels(graph: Graph, group: Group, with_backward: bool = True) 
             saved.append(f"keep{extra.index(r)}")
     if backward is not None:
         lines.append(f"        ctx.save_for_backward({', '.join(saved)})")
+        if dropouts:
+            randoms = ", ".join(f"seed{j}, p{j}" for j in range(len(dropouts)))
+            lines.append(f"        ctx.randoms = ({randoms},)")
         lines.append(f"        ctx.shape, ctx.inputs = shape, [{', '.join(f'({a}.shape, {a}.dtype)' for a in args)}]")
     lines.append(f"        return {', '.join(results)}")
     lines += ["", "    @staticmethod", f"    def backward(ctx, {', '.join(f'g{k}' for k in range(len(out_refs)))}):"]
     if backward is None and why_not == NO_GRADIENT:
-        lines.append(f"        return {', '.join(['None'] * len(args))}{',' if len(args) == 1 else ''}  # {why_not}")
+        n_args = len(first + args)
+        lines.append(f"        return {', '.join(['None'] * n_args)}{',' if n_args == 1 else ''}  # {why_not}")
     elif backward is None:
         lines.append(f"        raise RuntimeError({('no backward kernel for this group: ' + str(why_not)).strip()!r})")
     else:
@@ -579,6 +612,8 @@ def build_group_kernels(graph: Graph, group: Group, with_backward: bool = True) 
         if saved:
             lines.append(f"        {', '.join(f's{j}' for j in range(len(saved)))}{',' if len(saved) == 1 else ''} "
                          "= ctx.saved_tensors")
+        if dropouts:
+            lines.append(f"        {', '.join(f'seed{j}, p{j}' for j in range(len(dropouts)))} = ctx.randoms")
         for st in b_stores:
             i = grad_of[st.arg]
             lines.append(f"        {st.var} = torch.empty({_ALLOC[bk.stores[st.arg]]}, dtype=ctx.inputs[{i}][1], "
@@ -587,13 +622,32 @@ def build_group_kernels(graph: Graph, group: Group, with_backward: bool = True) 
         lines.append(f"        _launch({{name}}_backward_kernel, shape, {row}, {call})")
         by_input = {grad_of[st.arg]: st.var for st in b_stores}
         ret = [f"_sum_to({by_input[i]}, ctx.inputs[{i}][0])" if i in by_input else "None" for i in range(len(args))]
+        ret = ["None"] * len(first) + ret
         lines.append(f"        return {', '.join(ret)}{',' if len(ret) == 1 else ''}")
         kernels += "\n\n\n" + _kernel_source("{name}_backward_kernel", bk, b_loads, b_stores,
                                            f"backward of {what}, from the group's gradient graph")
-    return GroupKernels(group, gg, kernels, "\n".join(lines), ops, backward is not None, why_not, saved)
+    return GroupKernels(group, gg, kernels, "\n".join(lines), ops, backward is not None, why_not, saved,
+                        bool(dropouts))
 
 
-def _backward_kernel(bwd: Graph, info, space: tuple, row: bool, gg: GroupGraph):
+def _dropout_masks_from_seeds(bwd: Graph, info) -> None:
+    """In a group's backward graph, dropout's gradient reads the mask back from the saved input and output
+    (compiler/ops/gradients.py); inside a kernel it draws the mask again from the forward call's seed instead
+    (KERNEL_ONLY["dropout_grad"]): the node keeps only its gradient input, and values saved for nothing else
+    are no longer saved."""
+    fwd_of = {nid: tuple(ref) for ref, nid in info.saved.items()}
+    for node in list(bwd.nodes.values()):
+        if node.op == "dropout_grad" and node.attrs.get("op") == "dropout":
+            out_node = tuple(node.inputs[2])[0]
+            node.attrs = {**node.attrs, "dropout": fwd_of[out_node][0]}
+            bwd.set_inputs(node.id, [tuple(node.inputs[0])])
+    for ref, nid in list(info.saved.items()):
+        if not bwd.users(nid):
+            bwd.remove_node(nid)
+            del info.saved[ref]
+
+
+def _backward_kernel(bwd: Graph, info, space: tuple, row: bool, gg: GroupGraph, dropouts: tuple = ()):
     """The backward kernel of a group: reads the seeds g<k> and the saved values s<j> (in the order
     ctx.saved_tensors holds them), writes d<i>, the gradient of input x<i> (full-shape where x<i> broadcasts)."""
     loads = []
@@ -610,7 +664,7 @@ def _backward_kernel(bwd: Graph, info, space: tuple, row: bool, gg: GroupGraph):
         i = gg.kernel_inputs.index(key[2:])
         stores.append(Store(tuple(ref), f"d{i}_ptr"))
         grad_of[f"d{i}_ptr"] = i
-    return write_kernel(bwd, space, row, loads, compute, stores), loads, stores, grad_of
+    return write_kernel(bwd, space, row, loads, compute, stores, dropouts), loads, stores, grad_of
 
 
 def _kernel_source(name: str, kt: KernelText, loads: list[Load], stores: list[Store], what: str) -> str:
@@ -683,6 +737,12 @@ def _float_dtype(*tensors):
     for t in tensors:
         dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
     return dtype if dtype is not None else torch.get_default_dtype()
+
+
+def _seed():
+    """A seed for one dropout in one kernel call, drawn from torch's default generator (so torch.manual_seed
+    makes the masks reproducible); the backward kernel draws the same mask again from it."""
+    return int(torch.randint(0, 2 ** 31 - 1, ()).item())
 
 
 def _strides(t, shape):
@@ -789,7 +849,7 @@ def cached_group_kernels(graph: Graph, group: Group, with_backward: bool = True)
         _TEMPLATES[key] = got
         return got
     return GroupKernels(group, group_graph(graph, group), got.kernels, got.function, got.forward_ops, got.backward,
-                        got.why_no_backward, got.saved)
+                        got.why_no_backward, got.saved, got.random)
 
 
 def _structure_key(graph: Graph, group: Group) -> str:
@@ -854,7 +914,7 @@ def _fused_function(graph: Graph, gk: GroupKernels, fn: str, cls: str, Emitter, 
     from nnspec.compiler.codegen.pytorch import container_kinds, module_accessor
     gg, group = gk.gg, gk.group
     sub = gg.sub
-    names = Names(reserved={"self"} if group.params else ())
+    names = Names(reserved={"self"} if group.params or gk.random else ())
     params = []
     for ref in group.inputs:
         src = graph.nodes[ref[0]]
@@ -874,13 +934,13 @@ def _fused_function(graph: Graph, gk: GroupKernels, fn: str, cls: str, Emitter, 
     results = [em.expr[tuple(r)] for r in gg.outputs]
     where = _spans(graph, [group])
     ops = " -> ".join(gk.forward_ops)
-    owner = ["self"] if group.params else []     # the model: the layers of the group are its attributes
+    owner = ["self"] if group.params or gk.random else []  # the model: its layers, and self.training for dropout
     weights = [f"{module_accessor(m, container_kinds(graph))}.{p}" for m, p in group.params]
     lines = [f"def {fn}({', '.join(owner + params)}):",
              f'    """{ops}{" (" + where + ")" if where else ""}: one Triton kernel ({cls}) on CUDA, else these '
              'torch ops."""',
              f"    if _use_triton({first_float or params[0]}):",
-             f"        return {cls}.apply({', '.join(params + weights)})"]
+             f"        return {cls}.apply({', '.join((['self.training'] if gk.random else []) + params + weights)})"]
     lines += em.lines
     lines.append(f"    return {', '.join(results)}")
     return "\n".join(lines)
@@ -916,7 +976,8 @@ def emit_group_call(em, group: Group, nid: str, function: str) -> None:
     graph = em.graph
     if nid != group.nodes[0]:
         return
-    args = (["self"] if group.params else []) + [em.expr[tuple(ref)] for ref in group.inputs]
+    takes_model = bool(group.params) or any(graph.nodes[n].op in FUSED_RANDOM for n in group.nodes)
+    args = (["self"] if takes_model else []) + [em.expr[tuple(ref)] for ref in group.inputs]
     for m in group.nodes:
         for ref in graph.nodes[m].inputs:
             ref = tuple(ref)

@@ -244,7 +244,22 @@ def _reduce_grad(a, attrs, k):
     raise KeyError(f"no kernel rule for the gradient of {op}")
 
 
-KERNEL_ONLY = {"expand_to": _expand_to, "reduce_grad": _reduce_grad}
+def _dropout_grad(a, attrs, k):
+    """dropout's gradient inside a group's backward kernel: the forward kernel's mask drawn again from the same
+    seed and element offsets (the Triton tutorials' low-memory dropout), so no mask, input or output is saved."""
+    if attrs.get("dropout") is None:
+        raise KeyError("dropout_grad outside a group (its mask is read off saved tensors there)")
+    return k.dropout(a[0], attrs["dropout"])
+
+
+KERNEL_ONLY = {"expand_to": _expand_to, "reduce_grad": _reduce_grad, "dropout_grad": _dropout_grad}
+
+
+@scalar("dropout")
+def _dropout(a, attrs, k):
+    """Keep an element with probability 1 - p (a Philox draw from the call's seed at the element's offset in the
+    iteration space) and scale it by 1/(1 - p). p is a kernel argument: 0 in eval mode."""
+    return k.dropout(a[0], k.node_id)
 
 
 # ------------------------------------------------------------------------------ layers a kernel computes
@@ -274,8 +289,9 @@ LAYERS = {"layer_norm": (_layer_norm_fits, _layer_norm)}
 # ------------------------------------------------------------------------------ ops that are not fused, and why
 _RANDOM = "draws random numbers: kept in torch, so the kernel and the fallback see the same random stream"
 NO_SCALAR = {
-    **{name: _RANDOM for name in ("rrelu", "randn_like", "rand_like", "normal", "uniform", "bernoulli", "dropout",
-                                  "dropout2d", "alpha_dropout")},
+    **{name: _RANDOM for name in ("rrelu", "randn_like", "rand_like", "normal", "uniform", "bernoulli")},
+    "dropout2d": "zeroes whole channels: one draw per channel, not per element (kept in torch)",
+    "alpha_dropout": "draws random numbers: kept in torch (its kept/dropped affine map is not in the kernels)",
     **{name: "creates a tensor from its attributes (nothing to read: torch fills it)"
        for name in ("zeros", "ones", "full", "arange")},
     "expand": "a view with zero strides: its consumers read the smaller tensor directly",

@@ -45,6 +45,7 @@ from nnspec.compiler.ops.scalar import LAYERS, NO_SCALAR
 from nnspec.compiler.shapes import numel
 
 MAX_GROUP = 32
+FUSED_RANDOM = {"dropout"}   # random ops a kernel draws itself (Philox, from a seed per call; see codegen/triton.py)
 ROW_REDUCTIONS = {"softmax", "log_softmax", "softmin", "sum", "mean", "amax", "amin", "max", "min", "logsumexp"}
 VALUES = {"input", "target", "parameter", "constant", "saved", "param_value"}   # values, not computations
 COMPARISONS = {"eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or"}
@@ -122,7 +123,7 @@ def fusable(graph: Graph, nid: str) -> str | None:
         if node.op in LAYERS:
             return f"{node.op} normalises over more than the last dimension (a library layer)"
         return f"{node.op} owns parameters (a library layer)"
-    if op.random:
+    if op.random and node.op not in FUSED_RANDOM:
         return f"{node.op} {NO_SCALAR.get(node.op, 'draws random numbers')}"
     if op.kind == "opaque":
         return f"{node.op} is opaque (a library call: cuBLAS/cuDNN/oneDNN, or a dedicated backward op)"

@@ -123,15 +123,16 @@ def test_residual_add_and_layer_norm_take_the_norms_parameters():
     assert g.params == [("ln", "weight"), ("ln", "bias")] and len(g.outputs) == 2   # the sum is used outside
 
 
-def test_dropout_and_library_layers_are_boundaries_with_reasons():
+def test_dropout_fuses_other_random_ops_and_library_layers_are_boundaries_with_reasons():
     graph = build("""
     input x: f32[B, 4, 16]
     h = x |> linear(16)
     h = dropout(relu(h * 2.0), 0.1)
+    h = dropout2d(h + 1.0, 0.2)
     output y = layer_norm(x + h, dims=2)""")
     plan = fuse(graph)
-    assert groups_of(graph, plan) == [("elementwise", ["mul", "relu"])]
-    assert "draws random numbers" in reasons(graph, plan, "relu", "dropout")[0]
+    assert groups_of(graph, plan) == [("elementwise", ["mul", "relu", "dropout", "add"])]
+    assert "one draw per channel" in reasons(graph, plan, "add", "dropout2d")[0]
     assert reasons(graph, plan, "linear", "mul") == ["linear owns parameters (a library layer)"]
     assert reasons(graph, plan, "add", "layer_norm") == [
         "layer_norm normalises over more than the last dimension (a library layer)"]

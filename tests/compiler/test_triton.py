@@ -44,6 +44,7 @@ from nnspec.compiler.ops.gradients import RULES, _none  # noqa: E402
 from nnspec.compiler.ops.registry import OpContext  # noqa: E402
 from nnspec.compiler.ops.scalar import SCALAR  # noqa: E402
 from nnspec.compiler.passes.fuse import ROW_REDUCTIONS, FusionPlan, Group, fuse  # noqa: E402
+from nnspec.compiler.pipeline import build  # noqa: E402
 from nnspec.compiler.shapes import Sym, TensorType  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,11 +115,15 @@ class Owner:
         return self.children[str(key)]
 
 
-def owner_of(graph: Graph, group: Group, gen, dtype) -> tuple[Owner | None, list]:
-    """The layers a group's parameters belong to (built from their constructors, random weights)."""
-    if not group.params:
+def owner_of(graph: Graph, group: Group, gen, dtype, training: bool = False) -> tuple[Owner | None, list]:
+    """The layers a group's parameters belong to (built from their constructors, random weights), and the model's
+    `training` flag for a group with a dropout. Kernels and fallback draw different random numbers, so groups are
+    compared in eval mode (dropout is the identity there); test_dropout_* check training mode."""
+    random = any(graph.nodes[n].op == "dropout" for n in group.nodes)
+    if not group.params and not random:
         return None, []
     owner, params = Owner(), []
+    owner.__dict__["training"] = training
     for module in dict.fromkeys(m for m, _ in group.params):
         node = owner
         parts = module.split(".")
@@ -456,6 +461,80 @@ def test_random_graphs_fuse_and_match_fallback(seed):
     for gk in section.groups:
         assert_match(run_group(module, graph, gk), torch.float32, f"random graph {seed} {gk.group.name} "
                                                                    f"{gk.forward_ops}")
+
+
+# ------------------------------------------------------------------------------------------ dropout in a kernel
+def _dropout_group(p: float = 0.3):
+    graph = build("dropout_test.nn", text=f"""
+model M {{
+    input x: f32[B, D]
+    output y = dropout(relu(x * 2.0), {p})
+}}
+""")
+    plan = fuse(graph)
+    assert [graph.nodes[n].op for n in plan.groups[0].nodes] == ["mul", "relu", "dropout"]
+    section = generate_kernels(graph, plan, imports=True)
+    module = load_section(section.source, "dropout_group")
+    module.TRITON_MODE = "1"
+    return module, getattr(module, plan.groups[0].name)
+
+
+def test_dropout_kernel_mask_is_reproducible_and_its_backward_draws_the_same_one():
+    p = 0.3
+    module, fn = _dropout_group(p)
+    owner = Owner()
+    owner.__dict__["training"] = True
+    x = torch.randn(64, 101, generator=torch.Generator().manual_seed(0)).abs() + 0.1   # relu keeps every element
+    torch.manual_seed(5)
+    xg = x.clone().requires_grad_()
+    y = fn(owner, xg)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.03, "a fraction p of the elements is dropped"
+    torch.testing.assert_close(y[kept], (2 * x / (1 - p))[kept])     # kept ones scaled by 1/(1-p)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    (dx,) = torch.autograd.grad(y, xg, g)
+    # the backward kernel saved no mask: it drew the forward's mask again from the call's seed
+    torch.testing.assert_close(dx, torch.where(kept, 2 * g / (1 - p), torch.zeros_like(g)))
+    torch.manual_seed(5)
+    assert torch.equal(fn(owner, x), y.detach()), "torch.manual_seed reproduces the mask"
+    assert not torch.equal(fn(owner, x), y.detach()), "each call draws a new mask"
+    owner.__dict__["training"] = False
+    assert torch.equal(fn(owner, x), 2 * x), "eval mode: the identity"
+
+
+def test_dropout_kernel_saves_no_mask_and_no_dropout_input():
+    graph = build("dropout_test.nn", text="""
+model M {
+    input x: f32[B, D]
+    output y = dropout(x * 2.0 + 1.0, 0.5)
+}
+""")
+    plan = fuse(graph)
+    section = generate_kernels(graph, plan, imports=True)
+    (gk,) = section.groups
+    assert gk.random and gk.backward and gk.saved == [], "mul -> add -> dropout: the backward needs nothing saved"
+    assert "tl.rand(seed0, offs) >= p0" in gk.kernels and "dropout_grad" in gk.kernels
+
+
+def test_mlp_dropout_trains_on_its_kernels():
+    """mlp_dropout's relu -> dropout groups as kernels: eval outputs equal the fallback's; in training the loss is
+    finite and every parameter gets a gradient."""
+    graph = nnspec.build(str(ROOT / "specs" / "mlp_dropout.nn"), params={"d_in": 20, "h1": 30, "h2": 30})
+    cls = materialize(graph)
+    module = __import__("sys").modules[cls.__module__]
+    torch.manual_seed(0)
+    net = cls(d_in=20, h1=30, h2=30)
+    x, y = torch.randn(9, 20), torch.randint(0, 10, (9,))
+    outs = {}
+    for mode in ("0", "1"):
+        module.TRITON_MODE = mode
+        outs[mode] = net.eval()(x)
+    torch.testing.assert_close(outs["1"], outs["0"])
+    net.train()
+    module.TRITON_MODE = "1"
+    net(x, y)["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    module.TRITON_MODE = "auto"
 
 
 # ------------------------------------------------------------------------------------------ 3. whole modules
