@@ -15,6 +15,7 @@ failure for an op without one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import networkx as nx
 
@@ -76,21 +77,30 @@ class GradBuilder:
         self.info.saved[ref] = node.id
         return (node.id, 0)
 
+    @property
+    def _rule_node(self) -> Node:
+        """`node`, where a gradient rule is running (the methods below are called from rules only)."""
+        assert self.node is not None, "no gradient rule is running"
+        return self.node
+
     def input_value(self, i: int) -> tuple:
-        return self.saved(self.node.inputs[i])
+        return self.saved(self._rule_node.inputs[i])
 
     def output_value(self, k: int = 0) -> tuple:
-        return self.saved((self.node.id, k))
+        return self.saved((self._rule_node.id, k))
 
     def param(self, name: str) -> tuple:
         """The current layer's parameter `name` (e.g. weight)."""
-        key = f"{self.node.module}.{name}" if name else self.node.module
+        fnode = self._rule_node
+        module = fnode.module
+        assert module is not None, f"{fnode.op} node {fnode.id} has no module"
+        key = f"{module}.{name}" if name else module
         if key in self.info.params:
             return (self.info.params[key], 0)
-        spec = next(p for p in self.fwd.modules[self.node.module].params if p.name == name)
+        spec = next(p for p in self.fwd.modules[module].params if p.name == name)
         node = Node(self.bwd.fresh_id(f"param_{key.replace('.', '_')}"), "param_value", [],
-                    {"module": self.node.module, "param": name}, [TensorType("f32", tuple(spec.shape))],
-                    module=self.node.module, path=self.node.path, label=key)
+                    {"module": module, "param": name}, [TensorType("f32", tuple(spec.shape))],
+                    module=module, path=fnode.path, label=key)
         self.bwd.add_node(node)
         self.info.params[key] = node.id
         return (node.id, 0)
@@ -102,6 +112,7 @@ class GradBuilder:
         full = {a.name: a.default for a in opdef.attrs}
         full.update(attrs)
         in_types = [self.bwd.type_of(r) for r in inputs]
+        assert opdef.shape is not None, name
         outs = opdef.shape(OpContext(opdef, self.node.span if self.node else None), in_types, full)
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         base = f"d_{self.node.label or self.node.id}" if self.node is not None else name
@@ -207,7 +218,7 @@ def build_backward(fwd: Graph, wrt_inputs: bool = False) -> tuple[Graph, Backwar
                 b.info.input_grads[node.attrs["name"]] = gouts[0]
             continue
         if node.op == "parameter":  # a `param` statement: its gradient is an output
-            param_parts.setdefault(node.module, []).append(gouts[0])
+            param_parts.setdefault(cast(str, node.module), []).append(gouts[0])  # a parameter node names its module
             continue
         rule = RULES.get(node.op)
         if rule is None:
@@ -228,7 +239,7 @@ def build_backward(fwd: Graph, wrt_inputs: bool = False) -> tuple[Graph, Backwar
                 continue
             grads.setdefault(src, []).append(g)
         for pname, g in pgrads.items():
-            key = f"{node.module}.{pname}" if pname else node.module
+            key = f"{node.module}.{pname}" if pname else cast(str, node.module)  # rules return params of layers only
             param_parts.setdefault(key, []).append(g)
         for key, g in (result.get("param_grads", {}) if isinstance(result, dict) else {}).items():
             param_parts.setdefault(key, []).append(g)
@@ -259,6 +270,7 @@ def _accumulate(b: GradBuilder, node: Node, parts: list):
 def _accumulate_refs(b: GradBuilder, parts: list, label: str):
     opdef = REGISTRY["accumulate"]
     types = [b.bwd.type_of(p) for p in parts]
+    assert opdef.shape is not None
     out = opdef.shape(OpContext(opdef, None), types, {})
     node = Node(b.bwd.fresh_id("accumulate"), "accumulate", [tuple(p) for p in parts], {}, [out],
                 span=b.node.span if b.node else None, path=b.node.path if b.node else (), label=label)

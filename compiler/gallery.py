@@ -63,7 +63,7 @@ class Header:
 
 
 def read_header(source: str) -> Header:
-    lines = []
+    lines: list[str] = []
     for line in source.splitlines():
         if not line.startswith("#"):
             if line.strip() == "" and lines:

@@ -12,12 +12,17 @@ from __future__ import annotations
 import keyword
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import networkx as nx
 
 from nnspec.compiler.shapes import TensorType, numel, shape_str
 from nnspec.errors import Span
+
+if TYPE_CHECKING:
+    from nnspec.compiler.passes.fuse import FusionPlan
+    from nnspec.compiler.passes.validate import Warning_
+    from nnspec.dsl.loader import Program
 
 ValueRef = tuple  # (node_id, output_index)
 
@@ -75,6 +80,17 @@ class Node:
 
 class Graph:
     """A model (or a scan body) as a dataflow graph."""
+
+    # Set later by elaboration, passes and the pipeline (not by __init__); until then the class defaults below.
+    param_decls: Sequence[tuple[str, Any]] = ()     # elaborate: the model's declared (name, type) parameters
+    warnings: Sequence[Warning_] = ()                # validate
+    channels_last: list[str] | None = None          # rewrite.ChooseLayouts: the convolutions that run channels-last
+    conv_bn_folds: dict[str, str] | None = None     # rewrite.FoldConvBatchNorm: batch_norm id -> conv id
+    inplace: set[str] | None = None                 # rewrite.InplaceActivations: activations that run in place
+    pool_from_input: set[str] | None = None         # rewrite.PoolIndicesFromInput
+    fusion: FusionPlan | None = None                # fuse.fuse
+    program: Program | None = None                  # pipeline.build: the program the graph was elaborated from
+    _container_kinds: dict | None = None            # codegen.pytorch.container_kinds's cache
 
     def __init__(self, name: str):
         self.name = name

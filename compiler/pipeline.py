@@ -18,6 +18,8 @@ from the graph `build` returns.
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 from nnspec.compiler.ir import Graph
 from nnspec.compiler.passes.cse import CommonSubexpressionElimination
 from nnspec.compiler.passes.dce import DeadCodeElimination
@@ -29,8 +31,18 @@ from nnspec.dsl.elaborate import elaborate
 from nnspec.dsl.loader import Program, load
 from nnspec.errors import SpecError
 
-PASSES = [InferShapes(), Validate(), DeadCodeElimination(), CommonSubexpressionElimination()]
-OPTIMIZATIONS = [RemoveIdentities(), AttentionToSDPA(), LinearCrossEntropy(), LSTMScanToFused(), DeadCodeElimination(),
+
+
+class Pass(Protocol):
+    """What every pass has: a name (for messages) and a `run` that returns the graph (the same or a new one)."""
+
+    name: str
+
+    def run(self, graph: Graph) -> Graph: ...
+
+
+PASSES: list[Pass] = [InferShapes(), Validate(), DeadCodeElimination(), CommonSubexpressionElimination()]
+OPTIMIZATIONS: list[Pass] = [RemoveIdentities(), AttentionToSDPA(), LinearCrossEntropy(), LSTMScanToFused(), DeadCodeElimination(),
                  InferShapes(), ChooseLayouts(), FoldConvBatchNorm(), InplaceActivations(),
                  PoolIndicesFromInput()]
 

@@ -39,6 +39,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 from nnspec.compiler.ir import Graph, Node
 from nnspec.compiler.shapes import TensorType, is_concrete, shape_str
@@ -401,8 +402,9 @@ class Drawing:
 
     def layer_weights(self, dnode: DNode, node: Node) -> None:
         """A layer's learned tensors: small nodes feeding the op, or a line of its label."""
-        info = self.graph.modules.get(node.module)
-        if info is None:
+        module = node.module
+        info = self.graph.modules.get(module) if module is not None else None
+        if module is None or info is None:
             return
         params = [p for p in info.params if p.trainable and p.init != "buffer"]
         if not params:
@@ -411,7 +413,7 @@ class Drawing:
             dnode.rows.append(("note", " · ".join(f"{p.name or 'value'} {shape_str(p.shape)}" for p in params)))
             return
         for p in params:
-            key = f"{node.module}.{p.name}" if p.name else node.module
+            key = f"{module}.{p.name}" if p.name else module
             if key not in self.weights:
                 shown = key if info.calls > 1 or not p.name else p.name  # a shared weight says whose it is
                 w = self.add(DNode(self.uid(f"w_{key}"), "param", dnode.path,
@@ -527,7 +529,7 @@ class Drawing:
         def out(k: int, s: Src, label: str) -> None:
             src[(node.id, k)] = replace(s, key=value_key(node.id, k) if top else None, kind=None, label=label)
 
-        x_name = a.get("x_name")
+        x_name = cast(str, a.get("x_name"))  # set where has_xs
         if not self.unroll:
             self.clusters[P] = (f"backward of scan {cell}: {length} steps, last to first", "scan")
             given = {}
@@ -535,12 +537,12 @@ class Drawing:
                 t = body.nodes[bid].outputs[0]
                 is_y = name == "grad_y"
                 k = None if is_y else int(name[len("grad_carry"):])
-                what = "y" if is_y else carry_names[k]
+                what = "y" if k is None else carry_names[k]
                 did = self.uid(f"{ns}{node.id}__{bid}")
                 self.add(DNode(did, "step_in", P, [("bold", "step gradient" if is_y else "state gradient"),
                                                    ("name", f"dL/d{what}"), ("shape", type_text(t))],
                                tooltip=f"{bid}: gradient of the loss with respect to {what} at step t"))
-                self.edge(replace(g_ys, label="step t") if is_y else replace(g_carries[k], label="after the last step"),
+                self.edge(replace(g_ys, label="step t") if k is None else replace(g_carries[k], label="after the last step"),
                           did, "grad", values if top else None)
                 given[bid] = Src(did, None, type_text(t), t.is_float)
             inner = self.dataflow(body, f"{ns}{node.id}__", given, inside, True, None)
@@ -561,7 +563,8 @@ class Drawing:
         steps = min(self.unroll, length) if is_concrete(length) else self.unroll
         self.clusters[P] = (f"backward of scan {cell}: unrolled, {steps} of {length} steps, last to first", "scan")
         prev = [replace(g_carries[k], label="after the last step") for k in range(n)]
-        dxs, pgrads = [], {key: [] for key in keys}
+        dxs: list = []
+        pgrads: dict[str, list] = {key: [] for key in keys}
         shared: dict = {}   # the weights each step reads: drawn once
         for t in reversed(range(steps)):
             step = (f"t{t}",)
@@ -753,6 +756,7 @@ class Drawing:
                 nodes[n.id] = n
             elif fid not in nodes:
                 f = folded[n.path[:depth + 1]]
+                assert f.sig is not None and f.fold_path is not None  # a folded block has both
                 shapes = out_shapes.get(fid, [])
                 f.sig = (*f.sig, tuple(shapes), self._params(f.modules))
                 f.rows = self._fold_rows(f, shapes, backward)
@@ -774,6 +778,7 @@ class Drawing:
         return total
 
     def _fold_rows(self, f: DNode, shapes: list, backward: bool, title: str | None = None, count: int = 1) -> list:
+        assert f.sig is not None and f.fold_path is not None  # a folded block has both
         n_ops = sum(c for _, c in f.sig[1])
         rows = [("bold", title or ".".join(f.fold_path))]
         block = f.block or "block"
@@ -802,6 +807,10 @@ class Drawing:
             if n.kind in ("fold", "fold_grad") and n.fold_path and n.fold_path[-1].isdigit():
                 siblings.setdefault(n.fold_path[:-1], []).append(n)
 
+        def fold_path(n: DNode) -> tuple:
+            assert n.fold_path is not None  # siblings are folded blocks
+            return n.fold_path
+
         def linked(a: DNode, b: DNode) -> bool:
             fwd = flow_in.get(b.id) == {a.id} and flow_out.get(a.id) == {b.id}
             bwd = flow_in.get(a.id) == {b.id} and flow_out.get(b.id) == {a.id}
@@ -809,10 +818,10 @@ class Drawing:
 
         merged: dict[str, str] = {}
         for group in siblings.values():
-            group.sort(key=lambda n: int(n.fold_path[-1]))
+            group.sort(key=lambda n: int(fold_path(n)[-1]))
             run = [group[0]]
             for n in [*group[1:], None]:
-                if n is not None and int(n.fold_path[-1]) == int(run[-1].fold_path[-1]) + 1 and linked(run[-1], n):
+                if n is not None and int(fold_path(n)[-1]) == int(fold_path(run[-1])[-1]) + 1 and linked(run[-1], n):
                     run.append(n)
                     continue
                 if len(run) > 1:
@@ -820,7 +829,7 @@ class Drawing:
                     shapes = [r[1] for r in last.rows if r[0] == "shape"]
                     first.modules = tuple(sorted({m for r in run for m in r.modules}))
                     first.grads = sum(r.grads for r in run)
-                    title = f"{'.'.join(first.fold_path)} \u2026 {'.'.join(last.fold_path)}"
+                    title = f"{'.'.join(fold_path(first))} \u2026 {'.'.join(fold_path(last))}"
                     first.rows = self._fold_rows(first, shapes, backward, title, len(run))
                     first.tooltip = f"{title}: {len(run)} identical repeats of {first.block or 'a block'}, folded"
                     for r in run[1:]:

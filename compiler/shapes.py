@@ -8,7 +8,7 @@ like `(H - 1)//2`, so equal computations give equal dimensions. Shapes are tuple
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeGuard, Union
 
 Monomial = tuple  # sorted tuple of atom names; () is the constant term
 
@@ -143,7 +143,7 @@ def simplify(d: Dim) -> Dim:
     return d
 
 
-def is_concrete(d) -> bool:
+def is_concrete(d) -> TypeGuard[int]:
     return isinstance(d, int) and not isinstance(d, bool)
 
 

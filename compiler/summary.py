@@ -118,7 +118,7 @@ def summarize(graph: Graph, batch: int = 1, dims: dict | None = None) -> dict:
 
 def _batch_symbols(graph: Graph) -> list[str]:
     """Symbols in the leading dimension of an input: the batch size."""
-    out = []
+    out: list[str] = []
     for nid in graph.inputs + graph.targets:
         t = graph.nodes[nid].outputs[0]
         if t.rank and isinstance(t.shape[0], Sym) and len(t.shape[0].symbols()) == 1:

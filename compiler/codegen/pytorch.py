@@ -13,6 +13,7 @@ import keyword
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import jinja2
 
@@ -97,7 +98,7 @@ def container_kinds(graph: Graph) -> dict:
                 walk(c, f"{prefix}.{k}" if prefix else k)
 
     walk(_tree(graph), "")
-    graph._container_kinds = kinds  # type: ignore[attr-defined]
+    graph._container_kinds = kinds
     return kinds
 
 
@@ -225,7 +226,7 @@ class _Emitter:
             self.expr[(nid, 0)] = _literal(node.attrs["value"])
             return
         if node.op == "parameter":
-            self.expr[(nid, 0)] = module_accessor(node.module, container_kinds(self.graph))
+            self.expr[(nid, 0)] = module_accessor(cast(str, node.module), container_kinds(self.graph))  # names its module
             self._keep((nid, 0), self.expr[(nid, 0)])
             return
         if self.folds and (nid in self.folds or nid in self.folds.values()):
@@ -248,6 +249,7 @@ class _Emitter:
                        in_types=[self.graph.type_of(r) for r in node.inputs], out_types=node.outputs,
                        device=self.device, dtype=self.dtype)
         args = [_paren(a) if _needs_paren(node.op, a) else a for a in args]
+        assert op.lower is not None, node.op
         text = op.lower(args, node.attrs, ctx)
         if nid in self.inplace:
             from nnspec.compiler.passes.rewrite import INPLACE_ACTIVATIONS
@@ -281,7 +283,7 @@ class _Emitter:
             self.remaining[ref] -= 1
         kinds = container_kinds(self.graph)
         name = self.names.fresh(node.label or node.op, self.remaining, self.blocked)
-        self.lines.append(f"{self.indent}{name} = _conv_bn({module_accessor(conv.module, kinds)}, "
+        self.lines.append(f"{self.indent}{name} = _conv_bn({module_accessor(cast(str, conv.module), kinds)}, "
                           f"{module_accessor(node.module, kinds)}, {self.expr[conv.inputs[0]]}){self.comment(node)}")
         self.bind((node.id, 0), name)
 
@@ -299,7 +301,7 @@ class _Emitter:
         in_x = body_inputs[0] if has_xs else None
         carry_inputs = body_inputs[1:] if has_xs else body_inputs
         for k, (init, cin) in enumerate(zip(inits, carry_inputs)):
-            label = body.nodes[cin].label
+            label = cast(str, body.nodes[cin].label)  # elaboration labels a scan body's carries
             name = self.names.fresh(label if label != f"carry{k}" else f"state{k}", self.remaining)
             self.names.used.add(name)
             carry_names.append(name)
@@ -328,6 +330,7 @@ class _Emitter:
             inner.save = {tuple(r): (f"{r[0]}" if r[1] == 0 else f"{r[0]}:{r[1]}") for r in step_save}
             inner.save_to = "step_values"
         if has_xs:
+            assert in_x is not None
             x_t = self.names.fresh("x_t", {})
             self.names.used.add(x_t)
             key = ", ".join([":"] * a["axis"] + [step])

@@ -84,7 +84,7 @@ def group_graph(graph: Graph, group: Group) -> GroupGraph:
     sub = Graph(f"{graph.name}.{group.name}")
     sub.source = graph.source
     sub.modules = graph.modules
-    sub._container_kinds = container_kinds(graph)  # type: ignore[attr-defined]
+    sub._container_kinds = container_kinds(graph)
     taken = set(group.nodes) | {src for nid in group.nodes for src, _ in graph.nodes[nid].inputs}
     mapping: dict = {}
     for i, ref in enumerate(group.inputs):
@@ -162,6 +162,7 @@ def _decompose_layers(graph: Graph, gg: GroupGraph, taken: set) -> None:
             opdef = REGISTRY[op]
             full = {a.name: a.default for a in opdef.attrs}
             full.update(attrs)
+            assert opdef.shape is not None  # the decompositions use ops with shape rules
             out = opdef.shape(OpContext(opdef, _node.span), [k.type_of(r) for r in refs], full)
             new = _free(f"{_node.id}_{op}", taken)
             k.add_node(Node(new, op, refs, full, [out], span=_node.span, label=_node.label))
@@ -453,7 +454,7 @@ def write_kernel(graph: Graph, space: tuple, row: bool, loads: list[Load], compu
         index = "row" if row else "offs"
         dims = "row" if row else "flat"
         params += [f"D{d}" for d in range(1, lead)]
-        inner = []
+        inner: list[str] = []
         for d in range(lead - 1, -1, -1):
             base = (f"{index} // {inner[0]}" if len(inner) == 1 else f"{index} // ({' * '.join(inner)})") if inner \
                 else index
@@ -523,6 +524,7 @@ def build_group_kernels(graph: Graph, group: Group, with_backward: bool = True) 
     gg = group_graph(graph, group)
     ops = [gg.sub.nodes[n].op for n in group.nodes]
     sub = gg.kernel
+    assert sub is not None  # group_graph always sets it
     row = group.kind == "row_reduction"
     space = tuple(group.shape)
     members = [nid for nid in sub.topo_order() if sub.nodes[nid].op != "input" and constant_value(sub, nid) is None]
@@ -554,7 +556,7 @@ def build_group_kernels(graph: Graph, group: Group, with_backward: bool = True) 
             backward = _backward_kernel(bwd, info, space, row, gg, dropouts)
         except KernelUnsupported as e:
             why_not = str(e)
-    saved_refs = [tuple(r) for r in info.saved] if backward is not None else []
+    saved_refs = [tuple(r) for r in info.saved] if backward is not None and info is not None else []
     # saved values: an input as given, an output as computed, an intermediate as an extra kernel output
     out_refs = list(gg.kernel_outputs)
     extra = [r for r in saved_refs if r[0] in members and r not in out_refs]

@@ -62,6 +62,7 @@ def reduce_shape(ctx, t: TensorType, dim, keepdim: bool):
     if dims is None or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
         ctx.fail("E0401", f"attribute `dim` of {ctx.op.name} expects an int or a list of ints", found=repr(dim),
                  expected=f"dims in [{-t.rank}, {max(t.rank - 1, 0)}]")
+    assert dims is not None  # ctx.fail raises
     axes = {ctx.axis(d, t.rank) for d in dims}
     if len(axes) != len(dims):
         ctx.fail("E0304", f"{ctx.op.name}: a dimension is listed twice in dim={list(dims)}", found=repr(dim))

@@ -5,6 +5,7 @@ becomes a `constant` node, written inline by codegen.
 from __future__ import annotations
 
 import re
+from typing import Any, Callable
 
 from nnspec.compiler.ops.common import broadcast, broadcast_bool, float_input, number_text, reduction, same_as_input
 from nnspec.compiler.ops.registry import Attr, register
@@ -65,7 +66,7 @@ register("masked_fill", inputs=("x", "mask"), attrs=(Attr("value", "number"),), 
          doc="x with value written where mask is true (attention masks)")
 
 
-_float_text = number_text
+_float_text: Callable[[Any], str] = number_text
 
 
 # ---------------------------------------------------------------------------------- unary

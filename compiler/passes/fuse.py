@@ -37,6 +37,7 @@ rules' where/mul/sub chains and softmax's row sum fuse the same way.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nnspec.compiler.ir import Graph
@@ -88,8 +89,8 @@ class FusionPlan:
 
 
 # ------------------------------------------------------------------------------ what can fuse
-_ARITHMETIC = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-               "div": lambda a, b: a / b, "neg": lambda a: -a}
+_ARITHMETIC: dict[str, Callable] = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+                                    "div": lambda a, b: a / b, "neg": lambda a: -a}
 
 
 def constant_value(graph: Graph, nid: str):
@@ -380,8 +381,8 @@ def _finish(graph: Graph, g: Group) -> None:
         if trips:
             saved = saved + trips * numel(t.shape) * DTYPE_BYTES.get(t.dtype, 4)
     g.inputs, g.outputs, g.saved_bytes = ins, outs, saved
-    g.params = [(graph.nodes[nid].module, p.name) for nid in g.nodes if graph.nodes[nid].module is not None
-                for p in graph.modules[graph.nodes[nid].module].params if p.trainable and p.init != "buffer"]
+    g.params = [(module, p.name) for nid in g.nodes if (module := graph.nodes[nid].module) is not None
+                for p in graph.modules[module].params if p.trainable and p.init != "buffer"]
 
 
 def _fmt(shape) -> str:

@@ -41,5 +41,6 @@ def infer(graph: Graph) -> None:
                     raise SpecError("E0312", f"scan state {k} changes shape in one step", node.span)
             continue
         op = REGISTRY[node.op]
+        assert op.shape is not None, node.op
         outs = op.shape(OpContext(op, node.span), in_types, node.attrs)
         node.outputs = list(outs) if isinstance(outs, (list, tuple)) else [outs]

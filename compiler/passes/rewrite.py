@@ -491,8 +491,10 @@ class ChooseLayouts:
 
     def run(self, graph: Graph) -> Graph:
         from nnspec.compiler.ops.registry import REGISTRY
-        self.graph, self.layout, self.converted = graph, {}, {}
-        graph.channels_last = []  # type: ignore[attr-defined]  # the convolutions that run channels-last
+        self.graph = graph
+        self.layout: dict[tuple, str] = {}          # value -> "channels_last" | "standard"
+        self.converted: dict[tuple, tuple] = {}     # (value, layout) -> the converted value
+        graph.channels_last = []  # the convolutions that run channels-last
         for nid in graph.topo_order():
             node = graph.nodes[nid]
             images = [k for k, r in enumerate(node.inputs) if _image(graph, r)]
@@ -576,7 +578,7 @@ class FoldConvBatchNorm:
             conv = producer(graph, src)
             if conv.op in FOLDABLE_CONVS and conv.module is not None and only_used_by(graph, src, node.id):
                 folds[node.id] = conv.id
-        graph.conv_bn_folds = folds  # type: ignore[attr-defined]
+        graph.conv_bn_folds = folds
         return graph
 
 
@@ -612,7 +614,7 @@ class InplaceActivations:
             if producer(graph, src).op in FRESH_UNSAVED and only_used_by(graph, src, node.id) \
                     and graph.type_of(src).is_float:
                 chosen.add(node.id)
-        graph.inplace = chosen  # type: ignore[attr-defined]
+        graph.inplace = chosen
         return graph
 
 
@@ -639,7 +641,7 @@ class PoolIndicesFromInput:
             src = producer(graph, tuple(node.inputs[0]))
             if src.op in RESULT_SAVING or src.id in inplace:
                 chosen.add(node.id)
-        graph.pool_from_input = chosen  # type: ignore[attr-defined]
+        graph.pool_from_input = chosen
         return graph
 
 
