@@ -5,7 +5,9 @@
   3. the module (`nnspec.compile(path, model=...)`) instantiates, and forward and backward run at two batch
      sizes: the objective is the sum of every float output plus the total `loss` when the spec has losses;
      every output has the inferred shape and finite values, and every trainable parameter that the outputs
-     or losses reach in the graph gets a finite gradient;
+     or losses reach in the graph gets a finite gradient; and the optimised module (the rewrites of
+     compiler/passes/rewrite.py) gives the outputs, losses and gradients of the module compiled from the spec as
+     written (float64, same weights and inputs);
   4. `python -m nnspec check` in a subprocess, for a few specs (the in-process builds cover the rest);
   5. the header comment: `# <name> — <description>` first, then the seed lines (`# source: ...`).
 
@@ -350,6 +352,58 @@ def test_spec_builds_and_generates(path, model):
     assert not re.search(r"^\s*(import|from)\s+nnspec\b", source, re.M), "the generated module imports nnspec"
 
 
+def _close(got, want, what: str) -> None:
+    """float64 agreement of the optimised module with the module as written. Layouts and fused ops round
+    differently, and batch norms over two values per channel (a ResNet's 1x1 maps at batch 2) amplify rounding
+    differences layer after layer (float32 can flip a sign there): float64, and a tolerance far below any error."""
+    scale = max(1.0, float(want.detach().abs().max())) if want.numel() else 1.0
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-4, atol=1e-6 * scale, equal_nan=True,
+                               msg=lambda m: f"{what}: {m}")
+
+
+def _run(module, args: list, with_losses: bool, seed: int) -> tuple[list, torch.Tensor | None]:
+    """Outputs and loss of one forward pass, after backward from their sum (the generator seeded first)."""
+    module.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    result = module(*args, return_losses=True) if with_losses else module(*args)
+    loss = None
+    if isinstance(result, dict):
+        outs = [result[k] for k in module.graph.outputs]
+        loss = result.get("loss")
+    else:
+        outs = list(result) if isinstance(result, tuple) else [result]
+    objective = sum((o.sum() for o in outs if o.is_floating_point() and o.requires_grad), torch.zeros((), dtype=torch.float64))
+    if loss is not None:
+        objective = objective + loss
+    if objective.requires_grad:
+        objective.backward()
+    return outs, loss
+
+
+def _assert_optimised_equals_as_written(net, raw, args: list, with_losses: bool, b: int) -> None:
+    """The module nnspec.compile optimises (compiler/passes/rewrite.py) computes what the module compiled from the
+    spec as written computes: outputs, losses and every gradient, on the same weights and inputs, in float64
+    (random ops draw the same numbers: the generator is seeded before each call)."""
+    import copy
+    net64, raw64 = copy.deepcopy(net).double(), copy.deepcopy(raw).double()
+    args64 = [a.double() if a.is_floating_point() else a for a in args]
+    (outs, loss), (want, want_loss) = _run(net64, args64, with_losses, b), _run(raw64, args64, with_losses, b)
+    for k, (a, w) in enumerate(zip(outs, want)):
+        if a.is_floating_point():
+            _close(a, w, f"output {k}, optimised against as written (batch {b})")
+        else:
+            assert torch.equal(a, w), f"output {k}, optimised against as written (batch {b})"
+    if want_loss is not None:
+        _close(loss, want_loss, f"loss, optimised against as written (batch {b})")
+    raw_grads = {n: p.grad for n, p in raw64.named_parameters()}
+    for name, p in net64.named_parameters():
+        if p.grad is None or raw_grads.get(name) is None:
+            assert (p.grad is None or not p.grad.abs().sum()) and \
+                (raw_grads.get(name) is None or not raw_grads[name].abs().sum()), f"{name}: a gradient on one side"
+            continue
+        _close(p.grad, raw_grads[name], f"gradient of {name}, optimised against as written (batch {b})")
+
+
 @pytest.mark.parametrize("path,model", CASES)
 def test_spec_forward_backward(path, model):
     params = _run_params(path, model)
@@ -357,6 +411,8 @@ def test_spec_forward_backward(path, model):
     graph = cls.graph
     torch.manual_seed(0)
     net = cls()
+    raw = nnspec.compile(str(path), params=params or None, model=model, optimize=False)()
+    raw.load_state_dict(net.state_dict())
     dims = _choose_dims(graph, _lookup(DIMS, path, model))
     batch_syms = _batch_symbols(graph)
     per_sample = summarize(graph, batch=1, dims=dims)["macs"]
@@ -372,6 +428,7 @@ def test_spec_forward_backward(path, model):
         gen = torch.Generator().manual_seed(b)
         args = [_make_value(graph, nid, env, gen) for nid in graph.inputs]
         targets = [_make_value(graph, nid, env, gen) for nid in graph.targets]
+        _assert_optimised_equals_as_written(net, raw, args + targets, with_losses, b)
         net.zero_grad(set_to_none=True)
         result = net(*args, *targets, return_losses=True) if with_losses else net(*args, *targets)
         if isinstance(result, dict):
