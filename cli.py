@@ -191,10 +191,11 @@ def compile_cmd(spec, out_dir, params, model, stdout, explain, dims, no_optimize
 
 
 def _explain_fusion(graph, sizes: dict) -> str:
-    """The forward graph's fusion plan, then the backward graph's (the pass runs on both)."""
+    """The rewrites' choices, the forward graph's fusion plan, then the backward graph's (the pass runs on both)."""
     from nnspec.compiler.autodiff import NoGradientRule, build_backward
     from nnspec.compiler.passes.fuse import explain, fuse
-    parts = [explain(graph, fuse(graph), sizes)]
+    from nnspec.compiler.passes.rewrite import explain_rewrites
+    parts = [explain_rewrites(graph), explain(graph, fuse(graph), sizes)]
     try:
         backward, _ = build_backward(graph)
     except (NoGradientRule, NotImplementedError) as e:

@@ -905,3 +905,46 @@ def forward_helpers(lines: list) -> str:
     text = "\n".join(lines)
     used = [src.strip() + "\n" for name, src in FORWARD_HELPERS.items() if f"{name}(" in text]
     return "\n\n".join(used)
+
+
+# ------------------------------------------------------------------------------------------ explain
+def _names(items: list, limit: int = 8) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def explain_rewrites(graph: Graph) -> str:
+    """What the optimisations chose for this graph, for `nnspec compile --explain`."""
+    def where(nid: str) -> str:
+        node = graph.nodes[nid]
+        if node.module:
+            return node.module
+        return f"{node.op} at {node.span.file}:{node.span.line}" if node.span else node.label or nid
+
+    lines = [f"rewrites of {graph.name} (compiler/passes/rewrite.py):"]
+    convs = [n.id for n in graph.nodes.values() if n.op == "conv2d"]
+    if convs and graph.channels_last is not None:   # None: the layout pass did not run (--no-optimize)
+        cl = [c for c in convs if c in graph.channels_last]
+        lines.append(f"  layouts: {len(cl)} of {len(convs)} 2-d convolution(s) channels-last (output maps of at least "
+                     f"{CL_MIN_PIXELS} pixels)" + (f": {_names([where(c) for c in cl])}" if cl else ""))
+        for n in graph.nodes.values():
+            if n.op in ("channels_last", "standard_layout"):
+                readers = [where(u) for u in graph.users(n.id)]
+                src = producer(graph, tuple(n.inputs[0]))
+                what = src.attrs.get("name") if src.op == "input" else (src.label or src.op)
+                lines.append(f"    {n.op}({what}) before {_names(readers) or 'the outputs'}")
+    pools = sorted(getattr(graph, "pool_from_input", None) or ())
+    if pools:
+        lines.append(f"  max pooling that keeps its input, not indices: {_names([where(p) for p in pools])}")
+    inplace = getattr(graph, "inplace", None) or ()
+    if inplace:
+        lines.append(f"  activations in place: {len(inplace)}")
+    folds = getattr(graph, "conv_bn_folds", None) or {}
+    if folds:
+        lines.append(f"  conv + batch norm folded in inference: {len(folds)} pair(s)")
+    fused = [op for op in ("scaled_dot_product_attention", "linear_cross_entropy", "lstm")
+             if any(n.op == op for n in graph.nodes.values())]
+    if fused:
+        lines.append(f"  fused ops: {', '.join(fused)}")
+    if len(lines) == 1:
+        lines.append("  none applies")
+    return "\n".join(lines)

@@ -277,6 +277,15 @@ def test_cli_compile_explain_prints_the_forward_and_the_backward_plan(tmp_path):
     assert out.startswith("wrote ") and (tmp_path / "resnet_block.py").exists()
     assert "fusion plan for ResidualBlock:" in out and "fusion plan for ResidualBlock.backward:" in out
     assert "add -> relu" in out and "gt -> where" in out and "at B=8" in out
+    cnn = CliRunner().invoke(main, ["compile", "mnist_cnn", "-o", str(tmp_path), "--explain"])
+    assert cnn.exit_code == 0, cnn.output
+    assert "rewrites of MnistCNN (compiler/passes/rewrite.py):" in cnn.output
+    assert "layouts: 2 of 2 2-d convolution(s) channels-last (output maps of at least 64 pixels): cnn.0, cnn.3" \
+        in cnn.output
+    assert "channels_last(x) before cnn.0" in cnn.output and "standard_layout(h) before flatten at" in cnn.output
+    assert "max pooling that keeps its input, not indices: max_pool2d at specs/mnist_cnn.nn:15" in cnn.output
+    raw = CliRunner().invoke(main, ["compile", "mnist_cnn", "-o", str(tmp_path), "--explain", "--no-optimize"])
+    assert "rewrites of MnistCNN (compiler/passes/rewrite.py):\n  none applies" in raw.output
     bad = CliRunner().invoke(main, ["compile", str(ROOT / "specs" / "resnet_block.nn"), "-o", str(tmp_path),
                                     "--explain", "--dim", "B=0"])
     assert bad.exit_code != 0 and "B must be a positive integer" in bad.output
