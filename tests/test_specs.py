@@ -361,17 +361,19 @@ def _close(got, want, what: str) -> None:
                                msg=lambda m: f"{what}: {m}")
 
 
+def _call(module, args: list, with_losses: bool) -> tuple[list, torch.Tensor | None]:
+    """(outputs in the graph's order, the total loss or None) of one forward pass."""
+    module.zero_grad(set_to_none=True)
+    result = module(*args, return_losses=True) if with_losses else module(*args)
+    if isinstance(result, dict):
+        return [result[k] for k in module.graph.outputs], result.get("loss")
+    return (list(result) if isinstance(result, tuple) else [result]), None
+
+
 def _run(module, args: list, with_losses: bool, seed: int) -> tuple[list, torch.Tensor | None]:
     """Outputs and loss of one forward pass, after backward from their sum (the generator seeded first)."""
-    module.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    result = module(*args, return_losses=True) if with_losses else module(*args)
-    loss = None
-    if isinstance(result, dict):
-        outs = [result[k] for k in module.graph.outputs]
-        loss = result.get("loss")
-    else:
-        outs = list(result) if isinstance(result, tuple) else [result]
+    outs, loss = _call(module, args, with_losses)
     objective = sum((o.sum() for o in outs if o.is_floating_point() and o.requires_grad), torch.zeros((), dtype=torch.float64))
     if loss is not None:
         objective = objective + loss
@@ -429,14 +431,7 @@ def test_spec_forward_backward(path, model):
         args = [_make_value(graph, nid, env, gen) for nid in graph.inputs]
         targets = [_make_value(graph, nid, env, gen) for nid in graph.targets]
         _assert_optimised_equals_as_written(net, raw, args + targets, with_losses, b)
-        net.zero_grad(set_to_none=True)
-        result = net(*args, *targets, return_losses=True) if with_losses else net(*args, *targets)
-        if isinstance(result, dict):
-            outs = [result[k] for k in graph.outputs]
-            loss = result.get("loss")
-        else:
-            outs = list(result) if isinstance(result, tuple) else [result]
-            loss = None
+        outs, loss = _call(net, args + targets, with_losses)
         assert len(outs) == len(graph.outputs)
         for (name, ref), out in zip(graph.outputs.items(), outs):
             want = tuple(evaluate_dim(d, env) for d in graph.type_of(ref).shape)

@@ -43,8 +43,8 @@ def generate_backward(fwd: Graph, bwd: Graph, info, keep_all: bool = False) -> s
     body_fwd = _forward_saved(fwd, info, keep_all)
     body_bwd, used = _backward(fwd, bwd, info, keep_all)
     used |= _helpers_used("\n".join(body_fwd))  # fused forward ops call helpers too (_linear_cross_entropy)
-    for name in sorted(used):
-        lines.append(HELPERS[name])
+    for src in dict.fromkeys(HELPERS[name] for name in sorted(used)):   # a source may serve several names
+        lines.append(src)
         lines.append("")
     lines += body_fwd + ["", ""] + body_bwd
     return "\n".join(lines) + "\n"

@@ -104,6 +104,17 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def rewrite_matches(graph: Graph, op: str, match, rewrite) -> None:
+    """For each node `op` still in the graph: rewrite(graph, node, found) where match(graph, node) finds the
+    pattern (a dict), else leave it. Nodes a rewrite removes are skipped."""
+    for nid in list(graph.nodes):
+        node = graph.nodes.get(nid)
+        if node is not None and node.op == op:
+            found = match(graph, node)
+            if found is not None:
+                rewrite(graph, node, found)
+
+
 def _each_graph(graph: Graph):
     """The graph and every scan body inside it."""
     yield graph
@@ -138,12 +149,7 @@ class AttentionToSDPA:
 
     def run(self, graph: Graph) -> Graph:
         for g in _each_graph(graph):
-            for nid in list(g.nodes):
-                node = g.nodes.get(nid)
-                if node is not None and node.op == "matmul":
-                    found = match_attention(g, node)
-                    if found is not None:
-                        _to_sdpa(g, node, found)
+            rewrite_matches(g, "matmul", match_attention, _to_sdpa)
         return graph
 
 
@@ -307,12 +313,7 @@ class LSTMScanToFused:
     name = "lstm_scan_to_fused"
 
     def run(self, graph: Graph) -> Graph:
-        for nid in list(graph.nodes):
-            node = graph.nodes[nid]
-            if node.op == "scan":
-                cell = match_lstm_scan(graph, node)
-                if cell is not None:
-                    _to_lstm(graph, node, cell)
+        rewrite_matches(graph, "scan", match_lstm_scan, _to_lstm)
         return graph
 
 
@@ -710,12 +711,7 @@ class LinearCrossEntropy:
     name = "linear_cross_entropy"
 
     def run(self, graph: Graph) -> Graph:
-        for nid in list(graph.nodes):
-            node = graph.nodes.get(nid)
-            if node is not None and node.op == "cross_entropy":
-                found = match_linear_cross_entropy(graph, node)
-                if found is not None:
-                    _to_linear_cross_entropy(graph, node, found)
+        rewrite_matches(graph, "cross_entropy", match_linear_cross_entropy, _to_linear_cross_entropy)
         return graph
 
 
@@ -846,18 +842,19 @@ def _linear_cross_entropy(x, w, target, ignore_index):
     return _LinearCrossEntropy.apply(x, w, target, ignore_index)
 '''
 
-STANDARD_LAYOUT_HELPER = '''
-class _StandardLayout(torch.autograd.Function):
-    """x (channels-last) in the standard layout; its gradient goes back channels-last, the layout of the layers
-    before it."""
+LAYOUT_HELPER = '''
+class _Relayout(torch.autograd.Function):
+    """x in the memory layout `to`; its gradient goes back in `back`, the layout x came in, so that the layers
+    before it receive their gradients in the layout they computed in."""
 
     @staticmethod
-    def forward(ctx, x):
-        return x.contiguous()
+    def forward(ctx, x, to, back):
+        ctx.back = back
+        return x.to(memory_format=to)
 
     @staticmethod
     def backward(ctx, g):
-        return g.contiguous(memory_format=torch.channels_last)
+        return g.contiguous(memory_format=ctx.back), None, None
 
 
 def _standard_layout(x):
@@ -866,21 +863,8 @@ def _standard_layout(x):
         return x
     if x.dim() == 4 and x.requires_grad and torch.is_grad_enabled() \\
             and x.is_contiguous(memory_format=torch.channels_last):
-        return _StandardLayout.apply(x)
+        return _Relayout.apply(x, torch.contiguous_format, torch.channels_last)
     return x.contiguous()
-'''
-
-CHANNELS_LAST_HELPER = '''
-class _ChannelsLast(torch.autograd.Function):
-    """x in the channels-last layout; its gradient goes back in the standard layout, the layout of the layers before."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.to(memory_format=torch.channels_last)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.contiguous()
 
 
 def _channels_last(x):
@@ -891,20 +875,20 @@ def _channels_last(x):
     if x.device.type != "cpu":
         return x
     if x.requires_grad and torch.is_grad_enabled():
-        return _ChannelsLast.apply(x)
+        return _Relayout.apply(x, torch.channels_last, torch.contiguous_format)
     return x.to(memory_format=torch.channels_last)
 '''
 
 FORWARD_HELPERS = {"_max_pool2d_from_input": POOL_FROM_INPUT_HELPER, "_conv_bn": CONV_BN_HELPER,
                    "_linear_cross_entropy": LINEAR_CROSS_ENTROPY_HELPER,
-                   "_standard_layout": STANDARD_LAYOUT_HELPER, "_channels_last": CHANNELS_LAST_HELPER}
+                   "_standard_layout": LAYOUT_HELPER, "_channels_last": LAYOUT_HELPER}
 
 
 def forward_helpers(lines: list) -> str:
     """Source of the helpers the forward lines call (copied into the generated file, which imports no nnspec)."""
     text = "\n".join(lines)
-    used = [src.strip() + "\n" for name, src in FORWARD_HELPERS.items() if f"{name}(" in text]
-    return "\n\n".join(used)
+    used = dict.fromkeys(src.strip() + "\n" for name, src in FORWARD_HELPERS.items() if f"{name}(" in text)
+    return "\n\n".join(used)   # (one source may serve several names: LAYOUT_HELPER)
 
 
 # ------------------------------------------------------------------------------------------ explain
