@@ -49,16 +49,46 @@ class ParamSpec:
 
 @dataclass
 class ModuleInfo:
-    """An owner of parameters: one per layer instance, shared by every node that calls it."""
+    """An owner of parameters: one per layer instance, shared by every node that calls it.
+
+    It holds data only: the op, its attributes and the types of its first call's inputs (what the weights depend
+    on); `ctor` is the torch constructor codegen writes for it (compiler/codegen/constructors.py)."""
 
     path: str                     # dotted, e.g. "layer1.0.conv1"
-    op: str
-    ctor: str                     # Python constructor expression, e.g. "nn.Linear(784, 128)"
+    op: str                       # the layer's op ("linear"), or "parameter" for a spec's `param`
     params: list[ParamSpec]
+    attrs: dict = field(default_factory=dict)
+    in_types: list = field(default_factory=list)
     span: Span | None = None
     calls: int = 0                # how many nodes use it (> 1 means shared)
     owner: Any = field(default=None, compare=False, repr=False)  # the instance that may call it again
 
+    @property
+    def ctor(self) -> str:
+        """The constructor expression, e.g. "nn.Linear(784, 128)"."""
+        from nnspec.compiler.codegen.constructors import constructor
+        return constructor(self)
+
+
+@dataclass
+class BlockCall:
+    """One call of a block while elaborating: a node of the model's block tree (call 0 is the model itself).
+
+    Every node records the call it was created in (`Node.scope`); codegen writes one class per call (calls that
+    differ only in sizes and compile-time values share a class) and render draws one cluster per call. A shared
+    instance (`let enc = Encoder(...)`, called twice) has one call per use, all with the same `path`."""
+
+    id: int
+    parent: int | None
+    path: str                     # the instance's module path ("" for the model)
+    block: str                    # the block's name in the spec (the model's name for call 0)
+    args: dict = field(default_factory=dict)     # the block's parameters, as the call bound them
+    dims: dict = field(default_factory=dict)     # names its input patterns bound (C, H, W, ...)
+    values: dict = field(default_factory=dict)   # compile-time values its body assigned once (hs = C // n_head)
+    inputs: list = field(default_factory=list)   # the tensors it was called with
+    outputs: list = field(default_factory=list)  # the tensors it returned
+    span: Span | None = None
+    shared: bool = False          # a `let` instance
 
 @dataclass
 class Node:
@@ -72,6 +102,7 @@ class Node:
     path: tuple = ()
     label: str | None = None      # the spec's own name for the value, if any
     out_labels: list | None = None  # names of each output of a multi-output op (`a, b = split(...)`)
+    scope: int = 0                # the BlockCall it belongs to (0: the model); rewrites keep it
 
     @property
     def type(self) -> TensorType:
@@ -102,6 +133,7 @@ class Graph:
         self.losses: dict[str, ValueRef] = {}
         self.metrics: dict[str, ValueRef] = {}
         self.modules: dict[str, ModuleInfo] = {}
+        self.blocks: dict[int, BlockCall] = {0: BlockCall(0, None, "", name)}  # block calls; shared with scan bodies
         self.symbols: dict[str, tuple] = {}   # symbol -> (input node id, axis) that defines it
         self.params: dict[str, Any] = {}      # the model's compile-time parameters, resolved
         self.source: str | None = None
