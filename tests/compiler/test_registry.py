@@ -1490,7 +1490,7 @@ def check_ir_gradient_rule(pr: Prepared) -> None:
     outs = _norm_outs(pr.op.shape(OpContext(pr.op, None), in_types, pr.attrs))
     module = None
     if pr.op.module is not None:
-        graph.modules["m"] = ModuleInfo("m", pr.name, pr.op.module(in_types, pr.attrs), pr.op.params(in_types, pr.attrs))
+        graph.modules["m"] = ModuleInfo("m", pr.name, pr.op.params(in_types, pr.attrs), dict(pr.attrs), list(in_types))
         module = "m"
     graph.add_node(Node("op", pr.name, refs, dict(pr.attrs), outs, module=module, label="y"))
     for k, t in enumerate(outs):
