@@ -46,7 +46,8 @@ def helpers() -> dict[str, Helper]:
                 continue
             segment = ast.get_source_segment(text, node, padded=False)
             assert segment is not None
-            start = node.decorator_list[0].lineno if getattr(node, "decorator_list", None) else node.lineno
+            decorators = getattr(node, "decorator_list", None) or []
+            start = decorators[0].lineno if decorators else node.lineno
             lines = text.splitlines()
             source = "\n".join(lines[start - 1:node.end_lineno])
             refs = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
